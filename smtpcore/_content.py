@@ -1,0 +1,95 @@
+"""Message content: DATA framing and unstuffing, BDAT chunks, size and header tracking.
+
+All work is done on whole buffers with C-level ``find``/``count``/``replace``; no Python code
+runs per line of the message.
+"""
+
+from __future__ import annotations
+
+from ._buffer import ReceiveBuffer
+from .config import CrlfMode
+
+END_OF_DATA = b"\r\n.\r\n"
+_HELD_SUFFIXES = (b"\r\n.\r", b"\r\n.", b"\r\n", b"\r")
+
+
+class DataReader:
+    """Reads DATA content up to ``CRLF . CRLF`` out of the receive buffer.
+
+    A virtual CRLF is put in front of the content, so ``CRLF . CRLF`` is the only terminator
+    (RFC 5321 §4.1.1.4; ``LF . LF`` and friends are content, see SMTP smuggling) and a leading
+    dot is ``CRLF .`` like any other. A suffix that could begin the terminator (at most 4
+    octets) stays in the buffer, so no CRLF or ``CRLF .`` is ever split between two reads.
+    """
+
+    __slots__ = ("_buffer", "_crlf_mode", "_first")
+
+    def __init__(self, buffer: ReceiveBuffer, crlf_mode: CrlfMode) -> None:
+        self._buffer = buffer
+        self._crlf_mode = crlf_mode
+        self._first = True
+        buffer.prepend(b"\r\n")
+
+    def read(self) -> tuple[bytes, bool, bool] | None:
+        """Take what the buffer holds.
+
+        Returns:
+            None if nothing can be taken yet, else (content, finished, had_bare): the
+            unstuffed content (line endings normalised per the mode), whether the terminator
+            was consumed, and whether the content held a bare CR or LF.
+        """
+        buffer = self._buffer
+        data = buffer.raw
+        end = data.find(END_OF_DATA)
+        if end >= 0:
+            raw = buffer.take(end + 2)
+            buffer.take(3)
+            finished = True
+        else:
+            hold = 0
+            for suffix in _HELD_SUFFIXES:
+                if data.endswith(suffix):
+                    hold = len(suffix)
+                    break
+            if len(data) == hold:
+                return None
+            raw = buffer.take(len(data) - hold)
+            finished = False
+        if b"\r\n." in raw:
+            raw = raw.replace(b"\r\n.", b"\r\n")
+        had_bare = False
+        mode = self._crlf_mode
+        if mode is not CrlfMode.LEAVE:
+            crlf = raw.count(b"\r\n")
+            if raw.count(b"\n") != crlf:
+                had_bare = True
+                if mode is CrlfMode.NORMALIZE:
+                    raw = raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+            elif mode is CrlfMode.STRICT and raw.count(b"\r") != crlf:
+                had_bare = True
+        if self._first:
+            self._first = False
+            raw = raw[2:]
+        return raw, finished, had_bare
+
+
+class HeaderTracker:
+    """Finds the empty line that ends the header block, across chunk boundaries."""
+
+    __slots__ = ("_tail", "done")
+
+    def __init__(self) -> None:
+        self._tail = b"\n"  # the message starts at a line start
+        self.done = False
+
+    def split(self, chunk: bytes) -> int | None:
+        """Offset in ``chunk`` where the empty line starts, or None if not in this chunk."""
+        tail = self._tail
+        edge = tail + chunk[:2]
+        hits = [i + 1 - len(tail) for i in (edge.find(b"\n\r\n"), edge.find(b"\n\n")) if i >= 0]
+        hits += [i + 1 for i in (chunk.find(b"\n\r\n"), chunk.find(b"\n\n")) if i >= 0]
+        if hits:
+            self.done = True
+            return min(hits)
+        self._tail = chunk[-2:] if len(chunk) >= 2 else (tail + chunk)[-2:]
+        return None
