@@ -1,0 +1,307 @@
+"""The session driver: turns core events into handler hook calls, once for all transports.
+
+A transport feeds bytes in, calls `SessionDriver.pump`, writes `output()` and does what the
+returned `Action` says. `pump` runs synchronous hooks inline and returns an awaitable only when
+a hook is ``async`` (or a pause is due), so plain-``def`` handlers never touch the event loop.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from smtpcore import (
+    NEED_DATA,
+    AuthAttempt,
+    ConnectionClosed,
+    DataChunk,
+    Event,
+    Greeting,
+    HeadersComplete,
+    Helo,
+    MailFrom,
+    MessageAborted,
+    MessageComplete,
+    MessageStart,
+    ProtocolViolation,
+    RcptTo,
+    Reply,
+    Reset,
+    SmtpConfig,
+    SmtpConnection,
+    StartTls,
+    TlsUpgrade,
+    UnknownCommand,
+)
+
+from .errors import SmtpError
+from .handler import Handler, Message, Session, per_recipient
+
+__all__ = ["Action", "SessionDriver"]
+
+_LOCAL_ERROR = Reply(451, "Requested action aborted: local error in processing", "4.3.0")
+_GREETING_ERROR = Reply(421, "Service not available, closing transmission channel", "4.3.0")
+_ACCEPTED = Reply(250, "Message accepted", "2.0.0")
+
+Sleep = Callable[[float], Awaitable[None] | None]
+OnResult = Callable[[Any, Any], None]
+
+
+class Action(enum.Enum):
+    """What the transport must do after `SessionDriver.pump` (always after writing output)."""
+
+    READ = "read"
+    """Read more bytes from the peer and `feed` them."""
+    START_TLS = "start tls"
+    """Run the server-side TLS handshake, then call `tls_started` or `tls_failed`."""
+    CLOSE = "close"
+    """Close the connection (the output may hold a final 221/421)."""
+
+
+class SessionDriver:
+    """One client session: the core, the handler and the session context together.
+
+    Args:
+        handler: the user's handler.
+        config: the core's configuration.
+        ctx: the session context, already filled with addresses.
+        sleep: the transport's sleep (blocking for threads, awaitable for async transports),
+            used to slow down failed AUTH attempts.
+        auth_failure_delay: seconds to wait after the n-th failed AUTH, times n.
+    """
+
+    __slots__ = ("_sleep", "auth_failure_delay", "conn", "ctx", "handler")
+
+    def __init__(
+        self,
+        handler: Handler,
+        config: SmtpConfig,
+        ctx: Session,
+        *,
+        sleep: Sleep,
+        auth_failure_delay: float = 0.0,
+        tls_active: bool = False,
+    ) -> None:
+        self.handler = handler
+        self.ctx = ctx
+        self.conn = SmtpConnection(config, tls_active=tls_active)
+        ctx.connection = self.conn
+        self._sleep = sleep
+        self.auth_failure_delay = auth_failure_delay
+
+    # ---------------------------------------------------------------- transport side
+
+    def feed(self, data: bytes) -> None:
+        """Bytes from the peer (``b""`` when it closed)."""
+        if not self.conn.closed:
+            self.conn.receive_data(data)
+
+    def output(self) -> bytes:
+        return self.conn.data_to_send()
+
+    def pump(self) -> Action | Awaitable[Action]:
+        """Handle events until the transport must act (or an async hook must be awaited)."""
+        step = self._advance()
+        return step if isinstance(step, Action) else self._pump_async(step)
+
+    async def _pump_async(self, pending: Awaitable[None]) -> Action:
+        while True:
+            await pending
+            step = self._advance()
+            if isinstance(step, Action):
+                return step
+            pending = step
+
+    def tls_started(self, facts: Any) -> None:
+        """The handshake succeeded; ``facts`` (a `TlsFacts`) go into the session context."""
+        self.ctx.tls = facts
+        self.conn.tls_established()
+
+    def tls_failed(self, exc: BaseException) -> None:
+        self.log(logging.WARNING, f"TLS handshake failed: {exc}")
+        self.conn.tls_failed()
+
+    def timed_out(self) -> None:
+        self.log(logging.INFO, "timeout, closing")
+        self.conn.timed_out()
+
+    def shutdown(self) -> None:
+        """Close now with 421 4.3.2 (a graceful stop's deadline passed, or an immediate stop)."""
+        self.conn.close()
+
+    def disconnected(self) -> Any:
+        """Call `Handler.on_disconnect` (its result may need awaiting)."""
+        try:
+            return self.handler.on_disconnect(self.ctx)
+        except Exception as exc:
+            self.log(logging.ERROR, f"on_disconnect failed: {exc!r}", exc)
+            return None
+
+    def log(self, level: int, message: str, exc: BaseException | None = None) -> None:
+        ctx = self.ctx
+        self.handler.on_logging(ctx, level, f"[{ctx.remote_ip}:{ctx.remote_port}] {message}", exc)
+
+    # ---------------------------------------------------------------- events
+
+    def _advance(self) -> Action | Awaitable[None]:
+        conn = self.conn
+        while True:
+            event = conn.next_event()
+            if event is NEED_DATA:
+                return Action.READ
+            kind = type(event)
+            if kind is DataChunk:
+                assert isinstance(event, DataChunk)
+                self.ctx.message.data += event.data
+                pending = self._call(event, self.handler.on_message_data, (event.data,), None)
+            elif kind is TlsUpgrade:
+                return Action.START_TLS
+            elif kind is ConnectionClosed:
+                return Action.CLOSE
+            else:
+                handle = _HANDLERS.get(kind)
+                if handle is None:  # PAUSED cannot come back: every decision is answered
+                    raise RuntimeError(f"unexpected {event!r} from the core")
+                assert isinstance(event, Event)
+                pending = handle(self, event)
+            if pending is not None:
+                return pending
+
+    def _call(
+        self, event: Event, hook: Callable[..., Any], args: tuple[Any, ...], then: OnResult | None
+    ) -> Awaitable[None] | None:
+        try:
+            result = hook(self.ctx, *args)
+        except Exception as exc:
+            return self._failed(event, exc)
+        if isinstance(result, Awaitable):
+            return self._await(event, result, then)
+        if then is not None:
+            then(event, result)
+        return None
+
+    async def _await(self, event: Event, result: Awaitable[Any], then: OnResult | None) -> None:
+        try:
+            value = await result
+        except Exception as exc:
+            pending = self._failed(event, exc)
+            if pending is not None:
+                await pending
+            return
+        if then is not None:
+            then(event, value)
+
+    def _failed(self, event: Event, exc: Exception) -> Awaitable[None] | None:
+        """A hook raised: answer with its reply, or 451 after logging the traceback."""
+        if isinstance(exc, SmtpError):
+            reply = exc.reply
+            self.log(logging.INFO, f"{type(event).__name__} refused: {reply.code} {reply.text}")
+        else:
+            reply = _GREETING_ERROR if isinstance(event, Greeting) else _LOCAL_ERROR
+            self.log(logging.ERROR, f"hook for {type(event).__name__} raised {exc!r}", exc)
+        if reply.is_positive:
+            self.log(logging.ERROR, f"{type(exc).__name__} carries a positive reply; using 451")
+            reply = _LOCAL_ERROR
+        if event.needs_reply or isinstance(event, DataChunk | HeadersComplete):
+            self.conn.reject(event, reply)
+        if isinstance(event, AuthAttempt) and self.auth_failure_delay > 0 and not self.conn.closed:
+            return self._sleep(self.auth_failure_delay * self.conn.auth_failures)
+        return None
+
+    def _accept(self, event: Event, result: object) -> None:
+        self.conn.accept(event)
+
+    def _accept_rewrite(self, event: Event, result: object) -> None:
+        self.conn.accept(event, rewrite=result if isinstance(result, str) and result else None)
+
+    def _on_greeting(self, event: Event) -> Awaitable[None] | None:
+        self.log(logging.DEBUG, "connected")
+        return self._call(event, self.handler.on_connect, (), self._accept)
+
+    def _on_helo(self, event: Event) -> Awaitable[None] | None:
+        assert isinstance(event, Helo)
+        return self._call(event, self.handler.on_helo, (event.domain,), self._accept)
+
+    def _on_mail(self, event: Event) -> Awaitable[None] | None:
+        assert isinstance(event, MailFrom)
+        return self._call(
+            event, self.handler.on_mail_from, (event.address, event), self._accept_rewrite
+        )
+
+    def _on_rcpt(self, event: Event) -> Awaitable[None] | None:
+        assert isinstance(event, RcptTo)
+        return self._call(
+            event, self.handler.on_rcpt_to, (event.address, event), self._accept_rewrite
+        )
+
+    def _on_auth(self, event: Event) -> Awaitable[None] | None:
+        assert isinstance(event, AuthAttempt)
+        args = (event.authorization_id, event.authentication_id, event.password, event)
+        return self._call(event, self.handler.on_auth, args, self._accept_rewrite)
+
+    def _on_message_start(self, event: Event) -> Awaitable[None] | None:
+        self.ctx.message = Message(received_at=datetime.now(UTC))
+        return self._call(event, self.handler.on_message_start, (), self._accept)
+
+    def _on_headers(self, event: Event) -> Awaitable[None] | None:
+        return self._call(event, self.handler.on_message_headers, (), None)
+
+    def _on_message(self, event: Event) -> Awaitable[None] | None:
+        self.ctx.message.delivered_at = datetime.now(UTC)
+        return self._call(event, self.handler.on_message, (), self._answer_message)
+
+    def _answer_message(self, event: Event, result: object) -> None:
+        assert isinstance(event, MessageComplete)
+        answers = per_recipient(result, len(event.envelope.rcpt_tos))
+        if answers is None or not self.conn.config.lmtp:
+            self.conn.accept(event)
+        else:
+            replies = [_ACCEPTED if a is None else a.reply for a in answers]
+            self.conn.reply_per_recipient(event, replies)
+
+    def _on_aborted(self, event: Event) -> Awaitable[None] | None:
+        assert isinstance(event, MessageAborted)
+        self.log(logging.INFO, f"message dropped: {event.reason}")
+        self.ctx.message = Message()
+        return None
+
+    def _on_unknown(self, event: Event) -> Awaitable[None] | None:
+        assert isinstance(event, UnknownCommand)
+        args = (event.verb, event.argument)
+        return self._call(event, self.handler.on_unknown_command, args, self._answer_unknown)
+
+    def _answer_unknown(self, event: Event, result: object) -> None:
+        reply = Reply(250, result, "2.0.0") if isinstance(result, str) and result else None
+        self.conn.accept(event, reply)
+
+    def _on_starttls(self, event: Event) -> Awaitable[None] | None:
+        self.conn.accept(event)
+        return None
+
+    def _on_violation(self, event: Event) -> Awaitable[None] | None:
+        assert isinstance(event, ProtocolViolation)
+        self.log(logging.DEBUG, f"client error: {event.reply.code} {event.reply.text}")
+        return None
+
+    def _ignore(self, event: Event) -> Awaitable[None] | None:
+        return None
+
+
+_HANDLERS: dict[type, Callable[[SessionDriver, Event], Awaitable[None] | None]] = {
+    Greeting: SessionDriver._on_greeting,
+    Helo: SessionDriver._on_helo,
+    MailFrom: SessionDriver._on_mail,
+    RcptTo: SessionDriver._on_rcpt,
+    AuthAttempt: SessionDriver._on_auth,
+    MessageStart: SessionDriver._on_message_start,
+    HeadersComplete: SessionDriver._on_headers,
+    MessageComplete: SessionDriver._on_message,
+    MessageAborted: SessionDriver._on_aborted,
+    UnknownCommand: SessionDriver._on_unknown,
+    StartTls: SessionDriver._on_starttls,
+    ProtocolViolation: SessionDriver._on_violation,
+    Reset: SessionDriver._ignore,
+}
