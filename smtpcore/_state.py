@@ -33,5 +33,5 @@ class State(enum.Enum):
     CLOSED = "closed"
 
 
-GREETED = frozenset({State.READY, State.MAIL, State.RCPT, State.BDAT})
-IN_TRANSACTION = frozenset({State.MAIL, State.RCPT, State.DATA, State.BDAT, State.BDAT_CHUNK})
+IN_TRANSACTION = (State.MAIL, State.RCPT, State.DATA, State.BDAT, State.BDAT_CHUNK)
+"""A tuple: membership by identity, no hashing of Enum members on hot paths."""

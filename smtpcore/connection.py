@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import binascii
 import dataclasses
+import functools
 from base64 import b64decode, b64encode
-from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from . import replies as R
 from ._buffer import ReceiveBuffer
@@ -44,9 +45,23 @@ from .events import (
     UnknownCommand,
 )
 from .replies import Reply
-from .sasl import SaslExchange, SaslSyntaxError
+from .sasl import SaslExchange, SaslMechanism, SaslSyntaxError
 
 __all__ = ["AuthInfo", "SmtpConnection"]
+
+# Enum member lookups cost ~60 ns each on CPython 3.11: the hot paths use these aliases.
+_GREETING = State.GREETING
+_REFUSED = State.REFUSED
+_HELO = State.HELO
+_READY = State.READY
+_MAIL = State.MAIL
+_RCPT = State.RCPT
+_DATA = State.DATA
+_BDAT = State.BDAT
+_BDAT_CHUNK = State.BDAT_CHUNK
+_AUTH = State.AUTH
+_TLS_HANDSHAKE = State.TLS_HANDSHAKE
+_CLOSED = State.CLOSED
 
 _BEFORE_TLS = frozenset({"EHLO", "HELO", "LHLO", "NOOP", "RSET", "QUIT", "STARTTLS"})
 _NEEDS_AUTH = frozenset({"MAIL", "RCPT", "DATA", "BDAT"})
@@ -72,13 +87,44 @@ class SmtpConnection:
     The first event is `Greeting`; see README for a complete driving loop.
     """
 
+    __slots__ = (
+        "_auth",
+        "_auth_failures",
+        "_buffer",
+        "_chunk_last",
+        "_chunk_left",
+        "_chunk_size",
+        "_close_reason",
+        "_content_failure",
+        "_data_reader",
+        "_discarding",
+        "_envelope",
+        "_eof",
+        "_error_count",
+        "_esmtp",
+        "_events",
+        "_headers",
+        "_helo",
+        "_last_content",
+        "_mechanisms",
+        "_message_size",
+        "_orphan_chunk_state",
+        "_outbox",
+        "_pending",
+        "_rejected_rcpts",
+        "_sasl",
+        "_state",
+        "_tls_active",
+        "config",
+    )
+
     def __init__(self, config: SmtpConfig | None = None, *, tls_active: bool = False) -> None:
         self.config = config or SmtpConfig()
-        self._mechanisms = self.config.sasl_mechanisms()
+        self._mechanisms = _mechanisms_of(self.config)
         self._buffer = ReceiveBuffer()
         self._outbox = bytearray()
-        self._events: deque[Event] = deque()
-        self._state = State.GREETING
+        self._events: list[Event] = []  # rarely more than three: a list beats a deque here
+        self._state = _GREETING
         self._pending: Event | None = None
         self._eof = False
         self._close_reason: CloseReason | None = None
@@ -88,7 +134,7 @@ class SmtpConnection:
         self._esmtp = False
         self._auth: AuthInfo | None = None
         self._sasl: SaslExchange | None = None
-        self._envelope = Envelope()
+        self._envelope = _NO_ENVELOPE
         self._rejected_rcpts = 0
         self._error_count = 0
         self._auth_failures = 0
@@ -152,7 +198,7 @@ class SmtpConnection:
 
     @property
     def closed(self) -> bool:
-        return self._state is State.CLOSED
+        return self._state is _CLOSED
 
     @property
     def in_transaction(self) -> bool:
@@ -165,7 +211,7 @@ class SmtpConnection:
     @property
     def reading_data(self) -> bool:
         """True while message content is being read (RFC 5321 §4.5.3.2 data-block timeout)."""
-        return self._state in (State.DATA, State.BDAT_CHUNK)
+        return self._state in (_DATA, _BDAT_CHUNK)
 
     # ------------------------------------------------------------------ I/O side
 
@@ -178,11 +224,11 @@ class SmtpConnection:
         """
         if self._eof:
             raise LocalProtocolError("receive_data() after the peer's EOF")
-        if self._state is State.TLS_HANDSHAKE:
+        if self._state is _TLS_HANDSHAKE:
             raise LocalProtocolError("bytes during the TLS handshake belong to the TLS layer")
         if not data:
             self._eof = True
-        elif self._state is not State.CLOSED:
+        elif self._state is not _CLOSED:
             self._buffer.append(data)
 
     def data_to_send(self) -> bytes:
@@ -203,33 +249,33 @@ class SmtpConnection:
             if self._pending is not None:
                 return PAUSED
             if self._events:
-                event = self._events.popleft()
+                event = self._events.pop(0)
                 if event.needs_reply:
                     self._pending = event
-                elif isinstance(event, DataChunk | HeadersComplete):
+                elif type(event) is DataChunk or type(event) is HeadersComplete:
                     self._last_content = event
                 return event
             state = self._state
-            if state is State.CLOSED:
+            if state is _CLOSED:
                 assert self._close_reason is not None
                 return ConnectionClosed(reason=self._close_reason)
-            if state is State.TLS_HANDSHAKE:
+            if state is _TLS_HANDSHAKE:
                 return PAUSED
-            if state is State.GREETING:
+            if state is _GREETING:
                 self._events.append(Greeting())
-            elif not self._parse_some():
+            elif (not self._buffer and state is not _BDAT_CHUNK) or not self._parse_some():
                 if not self._eof:
                     return NEED_DATA
-                if state in (State.DATA, State.BDAT_CHUNK, State.BDAT):
+                if state in (_DATA, _BDAT_CHUNK, _BDAT):
                     self._abort_message("peer closed", None)
                 self._close(CloseReason.PEER_CLOSED)
 
     def _parse_some(self) -> bool:
         """Act on what the buffer holds; False when it holds nothing actionable."""
         state = self._state
-        if state is State.DATA:
+        if state is _DATA:
             return self._read_data()
-        if state is State.BDAT_CHUNK:
+        if state is _BDAT_CHUNK:
             if not self._buffer and self._chunk_left:
                 return False
             self._read_chunk()
@@ -261,52 +307,62 @@ class SmtpConnection:
         if rewrite is not None and not isinstance(event, MailFrom | RcptTo | AuthAttempt):
             raise LocalProtocolError(f"rewrite= has no meaning for {type(event).__name__}")
         self._pending = None
-        if isinstance(event, Greeting):
-            text = self.config.greeting or ("LMTP" if self.config.lmtp else "ESMTP") + " ready"
-            self._send(reply or Reply(220, f"{self.config.hostname} {text}"), enhanced=False)
-            self._state = State.HELO
-        elif isinstance(event, Helo):
-            self._reset_transaction()
-            self._helo, self._esmtp = event.domain, event.verb != "HELO"
-            self._send(reply or self._helo_reply(event), enhanced=False)
-            self._state = State.READY
-        elif isinstance(event, MailFrom):
-            if rewrite is not None:
-                event = dataclasses.replace(event, address=rewrite)
-            self._envelope = Envelope(mail_from=event)
-            self._send(reply or R.SENDER_OK)
-            self._state = State.MAIL
-        elif isinstance(event, RcptTo):
-            if rewrite is not None:
-                event = dataclasses.replace(event, address=rewrite)
-            env = self._envelope
-            self._envelope = Envelope(mail_from=env.mail_from, rcpt_tos=(*env.rcpt_tos, event))
-            self._send(reply or R.RECIPIENT_OK)
-            self._state = State.RCPT
-        elif isinstance(event, MessageStart):
-            self._start_message()
-            if event.command == "DATA":
-                self._send(reply or R.START_DATA)
-                self._data_reader = DataReader(self._buffer, self.config.crlf_mode)
-                self._state = State.DATA
-            else:
-                self._state = State.BDAT_CHUNK
-        elif isinstance(event, MessageComplete):
-            answer = reply or R.MESSAGE_ACCEPTED
-            self._send_per_recipient([answer] * len(self._envelope.rcpt_tos))
-            self._finish_message()
-        elif isinstance(event, AuthAttempt):
-            self._auth = AuthInfo(
-                event.mechanism, rewrite or event.authorization_id, event.authentication_id
-            )
-            self._send(reply or R.AUTH_SUCCEEDED)
-            self._state = State.READY
-        elif isinstance(event, StartTls):
-            self._send(reply or R.READY_FOR_TLS)
-            self._state = State.TLS_HANDSHAKE
-            self._events.append(TlsUpgrade(discarded=self._buffer.clear()))
-        elif isinstance(event, UnknownCommand):
-            self._send(reply or R.OK)
+        _ON_ACCEPT[type(event)](self, event, reply, rewrite)
+
+    def _accepted_greeting(self, event: Any, reply: Reply | None, rewrite: str | None) -> None:
+        text = self.config.greeting or ("LMTP" if self.config.lmtp else "ESMTP") + " ready"
+        self._send(reply or Reply(220, f"{self.config.hostname} {text}"), enhanced=False)
+        self._state = _HELO
+
+    def _accepted_helo(self, event: Any, reply: Reply | None, rewrite: str | None) -> None:
+        self._reset_transaction()
+        self._helo, self._esmtp = event.domain, event.verb != "HELO"
+        self._send(reply or self._helo_reply(event), enhanced=False)
+        self._state = _READY
+
+    def _accepted_mail(self, event: Any, reply: Reply | None, rewrite: str | None) -> None:
+        if rewrite is not None:
+            event = dataclasses.replace(event, address=rewrite)
+        self._envelope = Envelope(mail_from=event)
+        self._send(reply or R.SENDER_OK)
+        self._state = _MAIL
+
+    def _accepted_rcpt(self, event: Any, reply: Reply | None, rewrite: str | None) -> None:
+        if rewrite is not None:
+            event = dataclasses.replace(event, address=rewrite)
+        env = self._envelope
+        self._envelope = Envelope(mail_from=env.mail_from, rcpt_tos=(*env.rcpt_tos, event))
+        self._send(reply or R.RECIPIENT_OK)
+        self._state = _RCPT
+
+    def _accepted_start(self, event: Any, reply: Reply | None, rewrite: str | None) -> None:
+        self._start_message()
+        if event.command == "DATA":
+            self._send(reply or R.START_DATA)
+            self._data_reader = DataReader(self._buffer, self.config.crlf_mode)
+            self._state = _DATA
+        else:
+            self._state = _BDAT_CHUNK
+
+    def _accepted_message(self, event: Any, reply: Reply | None, rewrite: str | None) -> None:
+        answer = reply or R.MESSAGE_ACCEPTED
+        self._send_per_recipient([answer] * len(self._envelope.rcpt_tos))
+        self._finish_message()
+
+    def _accepted_auth(self, event: Any, reply: Reply | None, rewrite: str | None) -> None:
+        self._auth = AuthInfo(
+            event.mechanism, rewrite or event.authorization_id, event.authentication_id
+        )
+        self._send(reply or R.AUTH_SUCCEEDED)
+        self._state = _READY
+
+    def _accepted_starttls(self, event: Any, reply: Reply | None, rewrite: str | None) -> None:
+        self._send(reply or R.READY_FOR_TLS)
+        self._state = _TLS_HANDSHAKE
+        self._events.append(TlsUpgrade(discarded=self._buffer.clear()))
+
+    def _accepted_unknown(self, event: Any, reply: Reply | None, rewrite: str | None) -> None:
+        self._send(reply or R.OK)
 
     def reject(self, event: Event, reply: Reply | None = None) -> None:
         """Say no to the pending decision ``event``, or abort the message in progress.
@@ -340,13 +396,13 @@ class SmtpConnection:
             self._finish_message()
         elif isinstance(event, MessageStart) and event.command == "BDAT":
             self._start_message()
-            self._state = State.BDAT_CHUNK
+            self._state = _BDAT_CHUNK
             self._abort_message("rejected by the application", answer)
         else:
             if isinstance(event, RcptTo):
                 self._rejected_rcpts += 1
             elif isinstance(event, AuthAttempt):
-                self._state = State.READY
+                self._state = _READY
                 self._auth_failures += 1
                 if self._auth_failures >= self.config.max_auth_failures and not answer.closes:
                     self._send(answer)
@@ -357,7 +413,7 @@ class SmtpConnection:
                 self._error_count += 1
             self._send(answer)
             if isinstance(event, Greeting) and not answer.closes:
-                self._state = State.REFUSED
+                self._state = _REFUSED
         if answer.closes:
             refused = isinstance(event, Greeting)
             self._close(CloseReason.REFUSED if refused else CloseReason.SERVER_CLOSED)
@@ -389,16 +445,16 @@ class SmtpConnection:
         Raises:
             LocalProtocolError: no STARTTLS was accepted.
         """
-        if self._state is not State.TLS_HANDSHAKE:
+        if self._state is not _TLS_HANDSHAKE:
             raise LocalProtocolError("tls_established() without an accepted STARTTLS")
         self._tls_active = True
         self._helo, self._esmtp, self._auth = None, False, None
         self._reset_transaction()
-        self._state = State.HELO
+        self._state = _HELO
 
     def tls_failed(self) -> None:
         """The TLS handshake failed: the session is over, nothing more can be said."""
-        if self._state is not State.TLS_HANDSHAKE:
+        if self._state is not _TLS_HANDSHAKE:
             raise LocalProtocolError("tls_failed() without an accepted STARTTLS")
         self._close(CloseReason.TLS_FAILED)
 
@@ -413,14 +469,14 @@ class SmtpConnection:
 
         A message in progress is aborted. Calling it on a closed session does nothing.
         """
-        if self._state is State.CLOSED:
+        if self._state is _CLOSED:
             return
-        if self._state in (State.DATA, State.BDAT_CHUNK, State.BDAT) or isinstance(
+        if self._state in (_DATA, _BDAT_CHUNK, _BDAT) or isinstance(
             self._pending, MessageComplete
         ):
             self._events.append(MessageAborted(reason=reason.value, reply=reply))
         self._pending = None
-        if reply is not None and self._state is not State.TLS_HANDSHAKE:
+        if reply is not None and self._state is not _TLS_HANDSHAKE:
             self._send(reply)
         self._close(reason)
 
@@ -446,7 +502,7 @@ class SmtpConnection:
             self._send(replies[0])
 
     def _close(self, reason: CloseReason) -> None:
-        self._state = State.CLOSED
+        self._state = _CLOSED
         self._close_reason = reason
         self._pending = None
         self._buffer.clear()
@@ -459,16 +515,16 @@ class SmtpConnection:
         self._check_error_limit()
 
     def _check_error_limit(self) -> None:
-        if self._error_count >= self.config.max_errors and self._state is not State.CLOSED:
+        if self._error_count >= self.config.max_errors and self._state is not _CLOSED:
             self._send(R.TOO_MANY_ERRORS)
             self._close(CloseReason.TOO_MANY_ERRORS)
 
     def _reset_transaction(self) -> None:
-        if self._state is State.BDAT:
+        if self._state is _BDAT:
             self._events.append(MessageAborted(reason="transaction reset"))
         self._last_content = None
         had = self._envelope.mail_from is not None
-        self._envelope = Envelope()
+        self._envelope = _NO_ENVELOPE
         self._rejected_rcpts = 0
         if had:
             self._events.append(Reset())
@@ -482,9 +538,9 @@ class SmtpConnection:
     def _finish_message(self) -> None:
         self._last_content = None
         self._data_reader = None
-        self._envelope = Envelope()
+        self._envelope = _NO_ENVELOPE
         self._rejected_rcpts = 0
-        self._state = State.READY
+        self._state = _READY
 
     def _abort_message(self, reason: str, reply: Reply | None) -> None:
         """Drop the message in progress; ``reply`` goes out when its data has ended."""
@@ -499,7 +555,7 @@ class SmtpConnection:
         """The next command or SASL line without its line end; handles over-long lines."""
         limit = (
             self.config.max_auth_line_length
-            if self._state is State.AUTH
+            if self._state is _AUTH
             else self.config.max_line_length
         )
         line = self._buffer.take_line()
@@ -512,9 +568,9 @@ class SmtpConnection:
             return None
         if self._discarding or len(line) > limit:
             self._discarding = 0
-            if self._state is State.AUTH:
+            if self._state is _AUTH:
                 self._sasl = None
-                self._state = State.READY
+                self._state = _READY
             self._violation(R.LINE_TOO_LONG)
             return None
         if line.endswith(b"\r\n"):
@@ -525,7 +581,7 @@ class SmtpConnection:
         return line[:-1]
 
     def _on_line(self, raw: bytes) -> None:
-        if self._state is State.AUTH:
+        if self._state is _AUTH:
             self._on_sasl_response(raw)
             return
         try:
@@ -540,7 +596,7 @@ class SmtpConnection:
         if not verb:
             self._violation(R.BAD_SYNTAX, raw)
             return
-        if self._state is State.REFUSED:
+        if self._state is _REFUSED:
             if verb == "QUIT":
                 self._quit()
             else:
@@ -557,7 +613,7 @@ class SmtpConnection:
             self.config.auth_mode is AuthMode.REQUIRED
             and self._auth is None
             and verb in _NEEDS_AUTH
-            and self._state is not State.HELO
+            and self._state is not _HELO
         ):
             self._violation(R.AUTH_REQUIRED, raw)
             return
@@ -581,9 +637,9 @@ class SmtpConnection:
         state = self._state
         if state in _SEQUENCE[verb]:
             return None
-        if state is State.HELO:
+        if state is _HELO:
             return R.BAD_SEQUENCE.with_text(f"Send {_greeting_verb(self)} first")
-        if state is State.MAIL and verb in ("DATA", "BDAT") and self._rejected_rcpts:
+        if state is _MAIL and verb in ("DATA", "BDAT") and self._rejected_rcpts:
             return R.NO_VALID_RECIPIENTS
         return R.BAD_SEQUENCE.with_text(
             _SEQUENCE_TEXT.get((verb, state), "Bad sequence of commands")
@@ -647,9 +703,9 @@ class SmtpConnection:
             self._error_count += 1
             self._events.append(ProtocolViolation(reply=failure, line=raw))
             self._orphan_chunk_state = self._state
-            self._state = State.BDAT_CHUNK
-        elif self._state is State.BDAT:
-            self._state = State.BDAT_CHUNK
+            self._state = _BDAT_CHUNK
+        elif self._state is _BDAT:
+            self._state = _BDAT_CHUNK
         else:
             self._ask(MessageStart(command="BDAT", envelope=self._envelope))
 
@@ -659,8 +715,8 @@ class SmtpConnection:
             return
         self._reset_transaction()
         self._send(R.OK)
-        if self._state is not State.HELO:
-            self._state = State.READY
+        if self._state is not _HELO:
+            self._state = _READY
 
     def _cmd_noop(self, verb: str, arg: str, raw: bytes) -> None:
         self._send(R.OK)
@@ -726,7 +782,7 @@ class SmtpConnection:
 
     def _end_sasl(self) -> None:
         self._sasl = None
-        self._state = State.READY
+        self._state = _READY
 
     def _sasl_decode_and_step(self, encoded: bytes) -> None:
         try:
@@ -747,7 +803,7 @@ class SmtpConnection:
             return
         if isinstance(result, bytes):
             self._outbox += b"334 " + b64encode(result) + b"\r\n"
-            self._state = State.AUTH
+            self._state = _AUTH
         else:
             self._end_sasl()
             self._ask(result)
@@ -875,7 +931,35 @@ class SmtpConnection:
             self._finish_message()
         else:
             self._send(Reply(250, f"{self._chunk_size} octets received", "2.0.0"))
-            self._state = State.BDAT
+            self._state = _BDAT
+
+
+_NO_ENVELOPE = Envelope()
+_ON_ACCEPT: dict[type, Callable[[SmtpConnection, Any, Reply | None, str | None], None]] = {
+    Greeting: SmtpConnection._accepted_greeting,
+    Helo: SmtpConnection._accepted_helo,
+    MailFrom: SmtpConnection._accepted_mail,
+    RcptTo: SmtpConnection._accepted_rcpt,
+    MessageStart: SmtpConnection._accepted_start,
+    MessageComplete: SmtpConnection._accepted_message,
+    AuthAttempt: SmtpConnection._accepted_auth,
+    StartTls: SmtpConnection._accepted_starttls,
+    UnknownCommand: SmtpConnection._accepted_unknown,
+}
+"""What accepting each kind of decision does (state changes and the default reply)."""
+
+
+def _mechanisms_of(config: SmtpConfig) -> dict[str, SaslMechanism]:
+    """The configuration's SASL mechanisms, built once per (hashable) configuration."""
+    try:
+        return _cached_mechanisms(config)
+    except TypeError:  # a mechanism object that cannot be hashed
+        return config.sasl_mechanisms()
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_mechanisms(config: SmtpConfig) -> dict[str, SaslMechanism]:
+    return config.sasl_mechanisms()
 
 
 def _greeting_verb(conn: SmtpConnection) -> str:
@@ -883,25 +967,27 @@ def _greeting_verb(conn: SmtpConnection) -> str:
 
 
 _GREETINGS = frozenset({"HELO", "EHLO", "LHLO"})
-_SEQUENCE: dict[str, frozenset[State]] = {
-    "MAIL": frozenset({State.READY}),
-    "RCPT": frozenset({State.MAIL, State.RCPT}),
-    "DATA": frozenset({State.RCPT}),
-    "BDAT": frozenset({State.RCPT, State.BDAT}),
-    "STARTTLS": frozenset({State.HELO, State.READY}),
-    "AUTH": frozenset({State.READY}),
+_SEQUENCE: dict[str, tuple[State, ...]] = {
+    "MAIL": (_READY,),
+    "RCPT": (_MAIL, _RCPT),
+    "DATA": (_RCPT,),
+    "BDAT": (_RCPT, _BDAT),
+    "STARTTLS": (_HELO, _READY),
+    "AUTH": (_READY,),
 }
-"""The states each order-sensitive command is valid in; elsewhere it gets a 503."""
+"""The states each order-sensitive command is valid in; elsewhere it gets a 503.
+
+Tuples, not sets: membership by identity avoids hashing Enum members in Python code."""
 _SEQUENCE_TEXT: dict[tuple[str, State], str] = {
-    **{("MAIL", s): "Nested MAIL command" for s in (State.MAIL, State.RCPT, State.BDAT)},
-    **{(v, State.READY): "Need MAIL command" for v in ("RCPT", "DATA", "BDAT")},
-    **{(v, State.MAIL): "Need RCPT command" for v in ("DATA", "BDAT")},
-    ("RCPT", State.BDAT): "RCPT not allowed during BDAT",
-    ("DATA", State.BDAT): "DATA not allowed during BDAT",
+    **{("MAIL", s): "Nested MAIL command" for s in (_MAIL, _RCPT, _BDAT)},
+    **{(v, _READY): "Need MAIL command" for v in ("RCPT", "DATA", "BDAT")},
+    **{(v, _MAIL): "Need RCPT command" for v in ("DATA", "BDAT")},
+    ("RCPT", _BDAT): "RCPT not allowed during BDAT",
+    ("DATA", _BDAT): "DATA not allowed during BDAT",
     **{
         (v, s): f"{v} not allowed in a transaction"
         for v in ("STARTTLS", "AUTH")
-        for s in (State.MAIL, State.RCPT, State.BDAT)
+        for s in (_MAIL, _RCPT, _BDAT)
     },
 }
 _HANDLERS = {

@@ -7,7 +7,7 @@ A `Reply` carries the basic code (RFC 5321 §4.2), an optional enhanced status c
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 __all__ = ["Reply"]
 
@@ -31,6 +31,8 @@ class Reply:
     code: int
     text: str | tuple[str, ...] = ""
     enhanced: str | None = None
+    _wire: tuple[bytes, bytes] = field(init=False, repr=False, compare=False)
+    """Rendered once: (without, with) the enhanced code; replies are sent far more than built."""
 
     def __post_init__(self) -> None:
         if not 200 <= self.code <= 599:
@@ -43,6 +45,7 @@ class Reply:
         for line in self.lines:
             if "\r" in line or "\n" in line:
                 raise ValueError("reply text must not contain CR or LF")
+        object.__setattr__(self, "_wire", (self._render(""), self._render(self.enhanced or "")))
 
     @property
     def lines(self) -> tuple[str, ...]:
@@ -60,11 +63,11 @@ class Reply:
         return self.code == 421
 
     def to_bytes(self, enhanced_status_codes: bool = True) -> bytes:
-        """Render for the wire, each line ending in CRLF.
+        """The reply as sent: each line ends in CRLF; text is UTF-8 (RFC 6531)."""
+        return self._wire[enhanced_status_codes]
 
-        Text is encoded as UTF-8 (RFC 6531 permits it; ASCII text is unaffected).
-        """
-        prefix = f"{self.enhanced} " if enhanced_status_codes and self.enhanced else ""
+    def _render(self, enhanced: str) -> bytes:
+        prefix = f"{enhanced} " if enhanced else ""
         lines = self.lines
         last = len(lines) - 1
         out = [
