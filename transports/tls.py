@@ -26,12 +26,11 @@ import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeAlias, overload
+from typing import TYPE_CHECKING, Any, TypeAlias, overload
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+if TYPE_CHECKING:
+    from cryptography import x509
+
 
 __all__ = [
     "StrPath",
@@ -225,6 +224,12 @@ def generate_self_signed(hostname: str, addresses: Sequence[str] = ()) -> tuple[
     The SAN list holds ``hostname`` (plus ``localhost`` for loopback names) and every
     non-wildcard entry of ``addresses`` as IP SAN (names there become DNS SANs).
     """
+    # Imported here: only the self-signed fallback needs cryptography (the "tls" extra).
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
     if isinstance(addresses, str):  # a lone string is a Sequence[str] too
         addresses = (addresses,)
     host_ip = _parse_ip(hostname)
