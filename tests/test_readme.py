@@ -21,7 +21,8 @@ def test_quick_start_is_two_commands() -> None:
     assert len(commands) == 2
     assert "smtpcore serve" in commands[0]
     assert "pytest" in commands[1]
-    assert "pip install -e '.[test]' && python -m pytest" in (README.parent / ".ci" / "run").read_text()
+    ci = (README.parent / ".ci" / "run").read_text()
+    assert commands[1].split("#")[0].strip() in ci
 
 
 def test_driving_the_core_by_hand() -> None:
