@@ -98,6 +98,7 @@ def new_session(
         sleep=sleep,
         auth_failure_delay=options.auth_failure_delay,
         tls_active=ssl_object is not None,
+        logger=options.logger,
     )
 
 

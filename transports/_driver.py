@@ -63,6 +63,7 @@ class Action(enum.Enum):
 
 
 _NO_OP_HOOKS = (
+    "on_logging",
     "on_connect",
     "on_helo",
     "on_mail_from",
@@ -81,6 +82,7 @@ class Hooks:
     __slots__ = ("handler", *_NO_OP_HOOKS, "on_auth", "on_unknown_command")
     _cache: ClassVar[dict[int, Hooks]] = {}
 
+    on_logging: Callable[..., Any] | None
     on_connect: Callable[..., Any] | None
     on_helo: Callable[..., Any] | None
     on_mail_from: Callable[..., Any] | None
@@ -123,7 +125,7 @@ class SessionDriver:
         auth_failure_delay: seconds to wait after the n-th failed AUTH, times n.
     """
 
-    __slots__ = ("_sleep", "auth_failure_delay", "conn", "ctx", "handler", "hooks")
+    __slots__ = ("_sleep", "auth_failure_delay", "conn", "ctx", "handler", "hooks", "logger")
 
     def __init__(
         self,
@@ -134,6 +136,7 @@ class SessionDriver:
         sleep: Sleep,
         auth_failure_delay: float = 0.0,
         tls_active: bool = False,
+        logger: logging.Logger | None = None,
     ) -> None:
         self.handler = handler
         self.hooks = Hooks.of(handler)
@@ -142,6 +145,7 @@ class SessionDriver:
         ctx.connection = self.conn
         self._sleep = sleep
         self.auth_failure_delay = auth_failure_delay
+        self.logger = logger or logging.getLogger("smtpcore.server")
 
     # ---------------------------------------------------------------- transport side
 
@@ -193,7 +197,11 @@ class SessionDriver:
 
     def log(self, level: int, message: str, exc: BaseException | None = None) -> None:
         ctx = self.ctx
-        self.handler.on_logging(ctx, level, f"[{ctx.remote_ip}:{ctx.remote_port}] {message}", exc)
+        line = f"[{ctx.remote_ip}:{ctx.remote_port}] {message}"
+        if self.hooks.on_logging is None:
+            self.logger.log(level, line, exc_info=exc)
+        else:
+            self.hooks.on_logging(ctx, level, line, exc)
 
     # ---------------------------------------------------------------- events
 

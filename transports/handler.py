@@ -135,8 +135,6 @@ class Handler:
     transports; under `transports.threads` they must be plain functions.
     """
 
-    logger: logging.Logger = logging.getLogger("smtpcore.server")
-
     def on_connect(self, ctx: Session) -> MaybeAwaitable:
         """Before the banner. Raise `SmtpError` (421 or 554) to refuse the client."""
 
@@ -188,11 +186,12 @@ class Handler:
     def on_logging(
         self, ctx: Session | None, level: int, message: str, exc: BaseException | None = None
     ) -> MaybeAwaitable:
-        """Every log line of the server; the default forwards to ``self.logger``.
+        """Every log line of a session. Left alone, lines go to the server's ``logger`` option
+        (``logging.getLogger("smtpcore.server")`` by default).
 
         Must not be ``async``: it is called from places that cannot wait.
         """
-        self.logger.log(level, message, exc_info=exc)
+        logging.getLogger("smtpcore.server").log(level, message, exc_info=exc)
 
 
 def per_recipient(result: object, count: int) -> Sequence[SmtpError | None] | None:
