@@ -74,7 +74,8 @@ class _Protocol(asyncio.Protocol):
         self.tracked = None
         self.server.registry.sessions.discard(self)
         driver = tracked.driver
-        if not driver.conn.closed:
+        # While a hook task runs, the core waits for its answer: there is nothing to pump.
+        if not driver.conn.closed and not tracked.busy:
             driver.feed(b"")
             step = driver.pump()  # reports the aborted message; nothing can be written now
             if not isinstance(step, Action):
@@ -135,6 +136,7 @@ class _Protocol(asyncio.Protocol):
         if out:
             self.transport.write(out)
         if action is Action.READ:
+            tracked.last_active = self.loop.time()  # the idle timeout runs from now
             if self.server.registry.stopping and not tracked.driver.conn.in_transaction:
                 tracked.driver.shutdown()
                 self._pump()

@@ -1,0 +1,332 @@
+"""Threads transport: blocking sockets, one thread per listener and one per session.
+
+Hooks run inline in the session's own thread, so they must be plain ``def`` (checked when the
+server is built). Each session thread owns its socket and writes every byte itself, so replies
+stay in order without locks; other threads only raise flags that the session thread looks at
+between short ``recv`` slices. Reads never go through ``makefile()``: buffering ahead would
+swallow bytes sent after STARTTLS before the handshake (RFC 3207 §5 command injection).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Awaitable, Coroutine
+from contextlib import suppress
+from typing import Any
+
+from ._common import TOO_BUSY, Registry, Tracked, check_sync_handler, new_session, reverse_names
+from ._driver import Action, SessionDriver
+from .handler import Handler
+from .options import Listener, ServerOptions
+from .tls import tls_facts
+
+__all__ = ["Server"]
+
+_SLICE = 0.2
+"""Longest blocking wait (accept or recv): how late a thread may notice a stop or a timeout.
+Closing a socket does not interrupt an ``accept``/``recv`` blocked in another thread."""
+_LAST_WORD = 1.0
+"""Seconds sessions told to close at a stop get to write their 421 before we cut their socket."""
+
+
+def _action(step: Action | Awaitable[Action]) -> Action:
+    """With plain ``def`` hooks `SessionDriver.pump` never needs awaiting; say so clearly if it
+    does (a hook returned an awaitable though `check_sync_handler` saw no ``async def``)."""
+    if isinstance(step, Action):
+        return step
+    if isinstance(step, Coroutine):
+        step.close()
+    raise TypeError("a hook returned an awaitable: transports.threads only runs plain def hooks")
+
+
+class _Connection:
+    """One accepted socket and its thread; a session once TLS and the connection limit pass."""
+
+    __slots__ = ("closing", "lock", "peer", "server", "sock", "thread", "timeout", "tracked")
+
+    def __init__(self, server: Server, sock: socket.socket, peer: Any, listener: Listener):
+        self.server, self.sock, self.peer = server, sock, peer
+        self.lock = threading.Lock()  # held to swap or close sock: abort() never hits a reused fd
+        self.tracked: Tracked | None = None  # set once admitted (Registry reads it)
+        self.closing = False
+        self.timeout = sock.gettimeout()
+        name = f"smtpcore-session-{peer[0]}:{peer[1]}"
+        self.thread = threading.Thread(
+            target=self._run, args=(listener.implicit_tls,), name=name, daemon=True
+        )
+
+    # ---- called from the stopping thread
+
+    def shutdown(self) -> None:
+        """Ask for 421 4.3.2 and a close; the session thread does it within one slice."""
+        self.closing = True
+
+    def abort(self) -> None:
+        """Last resort at stop: wake a thread stuck in a write or a handshake."""
+        with self.lock:
+            if self.sock.fileno() != -1:
+                with suppress(OSError):  # plain shutdown: SSLSocket's own would drop its state
+                    socket.socket.shutdown(self.sock, socket.SHUT_RDWR)
+
+    # ---- the connection's own thread
+
+    def _run(self, smtps: bool) -> None:
+        try:
+            if self._open(smtps):
+                self._serve()
+        except OSError as exc:  # reset, broken pipe, write timeout: the peer is gone
+            self._log(logging.DEBUG, f"connection lost: {exc!r}")
+        except Exception as exc:
+            self._log(logging.ERROR, f"session failed: {exc!r}", exc)
+        finally:
+            self._close()
+            try:
+                if self.tracked is not None:
+                    self._end(self.tracked.driver)
+            finally:  # only now: stop() must wait for on_disconnect too
+                self.server._forget(self)
+
+    def _open(self, smtps: bool) -> bool:
+        """TLS first on SMTPS ports, then the connection limit; False if the client is refused."""
+        server, ssl_object = self.server, None
+        if smtps:
+            try:
+                ssl_object = self._tls_handshake()
+            except (OSError, ValueError) as exc:
+                self._log(logging.WARNING, f"TLS handshake failed: {exc}")
+                return False
+        where = (self.sock.getsockname(), self.peer)
+        driver = new_session(
+            server.handler, server.options, *where, sleep=time.sleep, ssl_object=ssl_object
+        )
+        if server._admit(self, Tracked(driver, time.monotonic())):
+            return True
+        self._send(TOO_BUSY)
+        return False
+
+    def _serve(self) -> None:
+        assert self.tracked is not None
+        driver = self.tracked.driver
+        if self.server.options.dns_reverse_lookup:
+            reverse_names(driver.ctx)
+        while (action := self._pump(driver)) is not Action.CLOSE:
+            if action is Action.READ:
+                self._read(driver)
+            else:
+                self._start_tls(driver)
+
+    def _pump(self, driver: SessionDriver) -> Action:
+        action = _action(driver.pump())
+        out = driver.output()
+        if out:
+            self._send(out)
+        return action
+
+    def _read(self, driver: SessionDriver) -> None:
+        """Wait for bytes in short slices, checking the stop flags and the timeouts between."""
+        options, tracked = self.server.options, self.tracked
+        assert tracked is not None
+        tracked.last_active = time.monotonic()  # silence counts from when a command is awaited
+        self._set_timeout(self.server.slice)
+        while True:
+            # Checked here, between reads, rather than by the stopping thread: a command that
+            # just arrived is never cut, and a transaction that has just ended is closed.
+            if self.closing or (self.server.registry.stopping and not driver.conn.in_transaction):
+                return driver.shutdown()
+            if tracked.expired(time.monotonic(), options):
+                return driver.timed_out()
+            try:
+                return driver.feed(self.sock.recv(options.read_size))
+            except TimeoutError:
+                continue
+
+    def _start_tls(self, driver: SessionDriver) -> None:
+        try:
+            tls = self._tls_handshake()
+        except (OSError, ValueError) as exc:
+            return driver.tls_failed(exc)
+        driver.tls_started(tls_facts(tls))
+
+    def _tls_handshake(self) -> ssl.SSLSocket:
+        """Wrap the socket (only ever read with ``recv``, so no plaintext was read ahead) and
+        run the server-side handshake under ``tls_handshake_timeout``."""
+        context = self.server.options.tls_context
+        assert context is not None  # set whenever TLS is on
+        with self.lock:
+            self.sock = tls = context.wrap_socket(
+                self.sock, server_side=True, do_handshake_on_connect=False
+            )
+        self._set_timeout(self.server.options.tls_handshake_timeout)
+        tls.do_handshake()
+        return tls
+
+    def _send(self, data: bytes) -> None:
+        """Write it all; a peer that reads nothing for ``idle_timeout`` counts as gone."""
+        self._set_timeout(self.server.options.idle_timeout)
+        self.sock.sendall(data)
+
+    def _set_timeout(self, timeout: float | None) -> None:
+        if timeout != self.timeout:  # settimeout is a syscall; most calls would change nothing
+            self.sock.settimeout(timeout)
+            self.timeout = timeout
+
+    def _close(self) -> None:
+        with self.lock:
+            with suppress(OSError):
+                self.sock.shutdown(socket.SHUT_RDWR)
+            self.sock.close()
+
+    def _end(self, driver: SessionDriver) -> None:
+        """As asyncio's ``connection_lost``: report an aborted message, then on_disconnect."""
+        if not driver.conn.closed:
+            try:
+                driver.feed(b"")
+                _action(driver.pump())  # nothing can be written any more
+            except Exception as exc:
+                driver.log(logging.ERROR, f"closing the session failed: {exc!r}", exc)
+        driver.disconnected()
+        driver.log(logging.DEBUG, "disconnected")
+
+    def _log(self, level: int, message: str, exc: Exception | None = None) -> None:
+        if self.tracked is not None:
+            return self.tracked.driver.log(level, message, exc)
+        message = f"[{self.peer[0]}:{self.peer[1]}] {message}"
+        self.server.handler.on_logging(None, level, message, exc)
+
+
+class Server:
+    """An SMTP server on threads, for plain ``def`` handlers.
+
+    Args:
+        handler: the `Handler` serving every session; ``async def`` hooks raise TypeError.
+        options: a `ServerOptions`; or give its fields (and ``host``/``port``) as keywords.
+
+    `start` binds and returns; `stop` (from another thread) stops gracefully and `join` waits
+    for it. ``with Server(handler, port=0) as server:`` does both.
+    """
+
+    def __init__(
+        self, handler: Handler, options: ServerOptions | None = None, **kwargs: Any
+    ) -> None:
+        check_sync_handler(handler)
+        self.handler = handler
+        self.options = ServerOptions.build(options, **kwargs)
+        self.registry = Registry(self.options)
+        self.slice = min(_SLICE, self.options.tick)
+        self._lock = threading.Lock()  # guards the sets below and registry.sessions
+        self._sockets: list[tuple[socket.socket, Listener]] = []
+        self._acceptors: list[threading.Thread] = []
+        self._connections: set[_Connection] = set()
+        self._stopped = threading.Event()
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        """(host, port) of every listening socket, ports resolved when 0 was asked."""
+        return [sock.getsockname()[:2] for sock, _ in self._sockets]
+
+    def start(self) -> None:
+        """Bind every listener (all addresses its host resolves to) and accept in threads."""
+        try:
+            for listener in self.options.listeners:
+                infos = socket.getaddrinfo(
+                    listener.host or None, listener.port, type=socket.SOCK_STREAM,
+                    flags=socket.AI_PASSIVE,
+                )  # fmt: skip
+                for family, kind, proto, _, address in dict.fromkeys(infos):
+                    sock = socket.socket(family, kind, proto)
+                    self._sockets.append((sock, listener))
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    if family == socket.AF_INET6:  # "::" must not also take the IPv4 port
+                        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                    sock.bind(address)
+                    sock.listen(1024)
+        except BaseException:
+            self._close_listeners()
+            raise
+        for sock, listener in self._sockets:
+            name = f"smtpcore-accept-{sock.getsockname()[1]}"
+            thread = threading.Thread(target=self._accept, args=(sock, listener), name=name)
+            thread.daemon = True
+            self._acceptors.append(thread)
+            thread.start()
+        self.options.logger.info("smtpcore (threads) listening on %s", self.addresses)
+
+    def stop(self, grace: float = 5.0) -> None:
+        """Stop accepting; close idle sessions with 421 at once, let transactions finish for
+        ``grace`` seconds, then send 421 to the rest (``grace=0``: immediately). Blocks until
+        every thread has ended (hooks still running are waited for)."""
+        self.registry.stopping = True  # idle sessions see it within one slice and close
+        for thread in self._acceptors:
+            thread.join()
+        self._close_listeners()
+        deadline = time.monotonic() + grace
+        while self.registry.sessions and time.monotonic() < deadline:
+            time.sleep(0.02)
+        with self._lock:
+            connections = list(self._connections)
+        for connection in connections:
+            connection.shutdown()
+        last_word = time.monotonic() + _LAST_WORD
+        for connection in connections:
+            connection.thread.join(max(0.0, last_word - time.monotonic()))
+        for connection in connections:
+            connection.abort()
+            connection.thread.join()
+        self._stopped.set()
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait until `stop` has finished; False if ``timeout`` passed first."""
+        return self._stopped.wait(timeout)
+
+    def __enter__(self) -> Server:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ---- for the threads
+
+    def _accept(self, sock: socket.socket, listener: Listener) -> None:
+        sock.settimeout(self.slice)
+        while not self.registry.stopping:
+            try:
+                client, peer = sock.accept()
+            except TimeoutError:
+                continue
+            except OSError as exc:  # e.g. out of file descriptors: back off, do not spin
+                self.handler.on_logging(None, logging.ERROR, f"accept failed: {exc!r}", exc)
+                time.sleep(self.slice)
+                continue
+            connection = _Connection(self, client, peer, listener)
+            with self._lock:
+                self._connections.add(connection)
+            try:
+                connection.thread.start()
+            except RuntimeError as exc:  # cannot start a new thread
+                self.handler.on_logging(None, logging.ERROR, f"refused {peer}: {exc}", exc)
+                self._forget(connection)
+                client.close()
+
+    def _admit(self, connection: _Connection, tracked: Tracked) -> bool:
+        """Count the session in, unless the limit is reached or the server is stopping."""
+        with self._lock:
+            if self.registry.full():
+                return False
+            connection.tracked = tracked
+            self.registry.sessions.add(connection)
+            return True
+
+    def _forget(self, connection: _Connection) -> None:
+        with self._lock:
+            self._connections.discard(connection)
+            self.registry.sessions.discard(connection)
+
+    def _close_listeners(self) -> None:
+        for sock, _ in self._sockets:
+            sock.close()
+        self._sockets.clear()
