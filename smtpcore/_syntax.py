@@ -38,6 +38,7 @@ _KEYWORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9\-]*\Z")
 _VALUE = re.compile(r"[\x21-\x3c\x3e-\x7e\u0080-\U0010ffff]+\Z")
 _XTEXT = re.compile(r"(?:[\x21-\x2a\x2c-\x3c\x3e-\x7e]|\+[0-9A-F]{2})*\Z")
 _XTEXT_HEX = re.compile(r"\+([0-9A-F]{2})")
+_PRINTABLE = re.compile(r"[\x20-\x7e]*\Z")
 _GENERAL_LITERAL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?:[\x21-\x5a\x5e-\x7e]+\Z")
 
 BAD_PARAMS = Reply(501, "Syntax error in parameters", "5.5.4")
@@ -47,6 +48,8 @@ UNKNOWN_PARAM = "Unsupported parameter {}"
 def _literal_ok(literal: str) -> bool:
     inner = literal[1:-1]
     if inner[:5].upper() == "IPV6:":
+        if "%" in inner:  # a zone id is not in RFC 5321's IPv6-addr grammar
+            return False
         try:
             ipaddress.IPv6Address(inner[5:])
         except ValueError:
@@ -101,10 +104,15 @@ def parse_params(text: str) -> Mapping[str, str | None] | Reply:
 
 
 def decode_xtext(value: str) -> str | None:
-    """Decode RFC 3461 xtext (``+XX`` escapes); None if malformed."""
+    """Decode RFC 3461 xtext (``+XX`` escapes); None if malformed.
+
+    The decoded text must be printable US-ASCII (RFC 3461 §4): no escaped CR, LF or NUL can
+    reach a DSN's headers.
+    """
     if not _XTEXT.match(value):
         return None
-    return _XTEXT_HEX.sub(lambda m: chr(int(m.group(1), 16)), value)
+    decoded = _XTEXT_HEX.sub(lambda m: chr(int(m.group(1), 16)), value)
+    return decoded if _PRINTABLE.match(decoded) else None
 
 
 def split_verb(line: str) -> tuple[str, str]:

@@ -110,6 +110,8 @@ def parse_rcpt(argument: str, config: SmtpConfig, *, smtputf8: bool) -> RcptTo |
     if isinstance(split, Reply):
         return split
     address, params = split
+    if not address:  # only the reverse-path may be null (RFC 5321 §4.1.2)
+        return _BAD_RECIPIENT
     notify: tuple[str, ...] | None = None
     orcpt: tuple[str, str] | None = None
     for key, value in params.items():

@@ -112,8 +112,12 @@ class SmtpConfig:
         for name in ("max_recipients", "max_errors", "max_auth_failures"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        # Extensions that depend on another are off without it: BINARYMIME needs CHUNKING
+        # (RFC 3030 §3), SMTPUTF8 needs 8BITMIME (RFC 6531 §3.1).
         if self.binarymime and not self.chunking:
             object.__setattr__(self, "binarymime", False)
+        if self.smtputf8 and not self.eightbitmime:
+            object.__setattr__(self, "smtputf8", False)
         self.sasl_mechanisms()  # validates the names
 
     def sasl_mechanisms(self) -> dict[str, SaslMechanism]:

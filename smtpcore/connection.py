@@ -104,6 +104,7 @@ class SmtpConnection:
         "_esmtp",
         "_events",
         "_headers",
+        "_held_cr",
         "_helo",
         "_last_content",
         "_mechanisms",
@@ -142,6 +143,7 @@ class SmtpConnection:
         self._message_size = 0
         self._content_failure: Reply | None = None
         self._data_reader: DataReader | None = None
+        self._held_cr = b""
         self._headers = HeaderTracker()
         self._last_content: Event | None = None
         self._chunk_left = 0
@@ -266,8 +268,6 @@ class SmtpConnection:
             elif (not self._buffer and state is not _BDAT_CHUNK) or not self._parse_some():
                 if not self._eof:
                     return NEED_DATA
-                if state in (_DATA, _BDAT_CHUNK, _BDAT):
-                    self._abort_message("peer closed", None)
                 self._close(CloseReason.PEER_CLOSED)
 
     def _parse_some(self) -> bool:
@@ -281,8 +281,8 @@ class SmtpConnection:
             self._read_chunk()
             return True
         line = self._take_line()
-        if line is None:
-            return self._state is not state
+        if line is None:  # incomplete, or refused (a queued violation, or the session closed)
+            return bool(self._events) or self._state is not state
         self._on_line(line)
         return True
 
@@ -394,7 +394,7 @@ class SmtpConnection:
         if isinstance(event, MessageComplete):
             self._send_per_recipient([answer] * len(self._envelope.rcpt_tos))
             self._finish_message()
-        elif isinstance(event, MessageStart) and event.command == "BDAT":
+        elif isinstance(event, MessageStart) and event.command == "BDAT" and not answer.closes:
             self._start_message()
             self._state = _BDAT_CHUNK
             self._abort_message("rejected by the application", answer)
@@ -471,14 +471,12 @@ class SmtpConnection:
         """
         if self._state is _CLOSED:
             return
-        if self._state in (_DATA, _BDAT_CHUNK, _BDAT) or isinstance(
-            self._pending, MessageComplete
-        ):
+        if isinstance(self._pending, MessageComplete):
             self._events.append(MessageAborted(reason=reason.value, reply=reply))
         self._pending = None
         if reply is not None and self._state is not _TLS_HANDSHAKE:
             self._send(reply)
-        self._close(reason)
+        self._close(reason, reply)
 
     # ------------------------------------------------------------------ internals
 
@@ -501,7 +499,10 @@ class SmtpConnection:
         else:
             self._send(replies[0])
 
-    def _close(self, reason: CloseReason) -> None:
+    def _close(self, reason: CloseReason, reply: Reply | None = None) -> None:
+        """End the session; a message still being received is reported aborted first."""
+        if self._message_in_progress() and self._content_failure is None:
+            self._events.append(MessageAborted(reason=reason.value, reply=reply))
         self._state = _CLOSED
         self._close_reason = reason
         self._pending = None
@@ -532,6 +533,7 @@ class SmtpConnection:
     def _start_message(self) -> None:
         self._message_size = 0
         self._content_failure = None
+        self._held_cr = b""
         self._headers = HeaderTracker()
         self._last_content = None
 
@@ -542,9 +544,19 @@ class SmtpConnection:
         self._rejected_rcpts = 0
         self._state = _READY
 
+    def _message_in_progress(self) -> bool:
+        state = self._state
+        return (
+            state is _DATA
+            or state is _BDAT
+            or (state is _BDAT_CHUNK and self._orphan_chunk_state is None)
+        )
+
     def _abort_message(self, reason: str, reply: Reply | None) -> None:
         """Drop the message in progress; ``reply`` goes out when its data has ended."""
         if self._content_failure is None:
+            # content already parsed but not yet handed out is dropped with the message
+            self._events = [e for e in self._events if type(e) not in _CONTENT_EVENTS]
             self._events.append(MessageAborted(reason=reason, reply=reply))
             self._content_failure = reply or R.LOCAL_ERROR
         self._last_content = None
@@ -596,26 +608,12 @@ class SmtpConnection:
         if not verb:
             self._violation(R.BAD_SYNTAX, raw)
             return
-        if self._state is _REFUSED:
-            if verb == "QUIT":
-                self._quit()
+        refusal = self._refusal(verb)
+        if refusal is not None:
+            if verb == "BDAT" and self.config.chunking:
+                self._cmd_bdat(verb, arg, raw, refusal)  # its octets must still be read
             else:
-                self._violation(R.BAD_SEQUENCE.with_text("No service here, send QUIT"), raw)
-            return
-        if (
-            self.config.tls_mode is TlsMode.REQUIRED
-            and not self._tls_active
-            and verb not in _BEFORE_TLS
-        ):
-            self._violation(R.TLS_REQUIRED, raw)
-            return
-        if (
-            self.config.auth_mode is AuthMode.REQUIRED
-            and self._auth is None
-            and verb in _NEEDS_AUTH
-            and self._state is not _HELO
-        ):
-            self._violation(R.AUTH_REQUIRED, raw)
+                self._violation(refusal, raw)
             return
         handler = _HANDLERS.get(verb)
         if verb in _GREETINGS and (verb == "LHLO") != self.config.lmtp:
@@ -632,6 +630,27 @@ class SmtpConnection:
         else:
             handler(self, verb, arg, raw)
 
+    def _refusal(self, verb: str) -> Reply | None:
+        """Why the session refuses ``verb`` whatever its place: no service, no TLS, no AUTH."""
+        if self._state is _REFUSED:
+            return (
+                None if verb == "QUIT" else R.BAD_SEQUENCE.with_text("No service here, send QUIT")
+            )
+        if (
+            self.config.tls_mode is TlsMode.REQUIRED
+            and not self._tls_active
+            and verb not in _BEFORE_TLS
+        ):
+            return R.TLS_REQUIRED
+        if (
+            self.config.auth_mode is AuthMode.REQUIRED
+            and self._auth is None
+            and verb in _NEEDS_AUTH
+            and self._state is not _HELO
+        ):
+            return R.AUTH_REQUIRED
+        return None
+
     def _sequence_reply(self, verb: str) -> Reply | None:
         """The 503 for ``verb`` out of order (RFC 5321 §4.3.2), or None if it is in order."""
         state = self._state
@@ -639,7 +658,8 @@ class SmtpConnection:
             return None
         if state is _HELO:
             return R.BAD_SEQUENCE.with_text(f"Send {_greeting_verb(self)} first")
-        if state is _MAIL and verb in ("DATA", "BDAT") and self._rejected_rcpts:
+        rejected_all = state is _MAIL and verb in ("DATA", "BDAT") and self._rejected_rcpts
+        if rejected_all and not self.config.lmtp:  # RFC 2033 §4.2: LMTP says a plain 503
             return R.NO_VALID_RECIPIENTS
         return R.BAD_SEQUENCE.with_text(
             _SEQUENCE_TEXT.get((verb, state), "Bad sequence of commands")
@@ -680,7 +700,7 @@ class SmtpConnection:
         else:
             self._ask(MessageStart(command="DATA", envelope=self._envelope))
 
-    def _cmd_bdat(self, verb: str, arg: str, raw: bytes) -> None:
+    def _cmd_bdat(self, verb: str, arg: str, raw: bytes, refusal: Reply | None = None) -> None:
         if not self.config.chunking:
             self._ask(UnknownCommand(verb=verb, argument=arg, line=raw))
             return
@@ -696,9 +716,9 @@ class SmtpConnection:
             return
         self._chunk_left = self._chunk_size = int(size)
         self._chunk_last = last
-        failure = self._sequence_reply(verb)
+        failure = refusal or self._sequence_reply(verb)
         if failure is not None:
-            # Out of order: the chunk's octets must still be read (RFC 3030 §4.2).
+            # Refused: the chunk's octets must still be read (RFC 3030 §2, §4.2).
             self._content_failure = failure
             self._error_count += 1
             self._events.append(ProtocolViolation(reply=failure, line=raw))
@@ -761,6 +781,9 @@ class SmtpConnection:
             self._violation(R.ENCRYPTION_REQUIRED, raw)
             return
         name, _, initial = arg.partition(" ")
+        if not name:
+            self._violation(R.BAD_ARGUMENTS.with_text("Syntax: AUTH mechanism [response]"), raw)
+            return
         mechanism = self._mechanisms.get(name.upper())
         if mechanism is None or " " in initial:
             self._violation(R.UNKNOWN_MECHANISM, raw)
@@ -857,6 +880,8 @@ class SmtpConnection:
             return Reply(550, "Access denied", "5.7.1")
         if isinstance(event, MessageStart | MessageComplete):
             return Reply(554, "Transaction failed", "5.0.0")
+        if isinstance(event, MailFrom):
+            return Reply(550, "Sender address rejected", "5.7.1")
         return R.MAILBOX_UNAVAILABLE
 
     # ---- content
@@ -883,17 +908,25 @@ class SmtpConnection:
 
     def _end_of_content(self) -> None:
         """The message's data has ended: ask about it, or send the reply already decided."""
-        failure = self._content_failure
-        if failure is None:
+        self._deliver(self._held_cr)
+        self._held_cr = b""
+        if self._content_failure is None:
             if not self._headers.done:
                 self._events.append(HeadersComplete())
             self._ask(MessageComplete(envelope=self._envelope, size=self._message_size))
-            return
-        self._send_per_recipient([failure] * max(1, len(self._envelope.rcpt_tos)))
-        self._content_failure = None
+        else:
+            self._answer_failed_content(per_recipient=True)
+
+    def _answer_failed_content(self, *, per_recipient: bool) -> None:
+        """Send the reply decided while the content streamed; 421 also ends the session."""
+        failure = self._content_failure
+        assert failure is not None
+        count = len(self._envelope.rcpt_tos) if per_recipient else 1
+        self._send_per_recipient([failure] * max(1, count))
         if failure.closes:
             self._close(CloseReason.SERVER_CLOSED)
         else:
+            self._content_failure = None
             self._finish_message()
 
     def _read_data(self) -> bool:
@@ -913,6 +946,12 @@ class SmtpConnection:
         content = self._buffer.take(self._chunk_left)
         self._chunk_left -= len(content)
         if self._orphan_chunk_state is None:
+            if not self._headers.done:
+                # A blank line's CR may end this chunk and its LF start the next: hold the CR
+                # so HeadersComplete lands before the blank line (DATA never splits a CRLF).
+                content = self._held_cr + content
+                self._held_cr = b"\r" if content.endswith(b"\r") else b""
+                content = content[: len(content) - len(self._held_cr)]
             self._deliver(content)
         if self._chunk_left:
             return
@@ -926,15 +965,14 @@ class SmtpConnection:
         elif self._chunk_last:
             self._end_of_content()
         elif self._content_failure is not None:
-            self._send(self._content_failure)
-            self._content_failure = None
-            self._finish_message()
+            self._answer_failed_content(per_recipient=False)
         else:
             self._send(Reply(250, f"{self._chunk_size} octets received", "2.0.0"))
             self._state = _BDAT
 
 
 _NO_ENVELOPE = Envelope()
+_CONTENT_EVENTS = (DataChunk, HeadersComplete)
 _ON_ACCEPT: dict[type, Callable[[SmtpConnection, Any, Reply | None, str | None], None]] = {
     Greeting: SmtpConnection._accepted_greeting,
     Helo: SmtpConnection._accepted_helo,
