@@ -10,7 +10,7 @@ import importlib.metadata
 import ipaddress
 import os
 import signal
-import socket  # noqa: TID251 - benchmarks do real I/O; only smtpcore itself is sans-IO
+import socket  # noqa: TID251, RUF100 - real I/O here; only smtpcore is sans-IO
 import subprocess
 import sys
 import tempfile
@@ -172,7 +172,11 @@ class ServerProcess:
 
     @property
     def pid(self) -> int:
-        """PID of the server process (for /proc readings)."""
+        """PID of the started process, for /proc readings.
+
+        That is the server itself only if ``argv`` execs it directly: a shell or
+        launcher wrapper would be measured instead of the server.
+        """
         if self._proc is None:
             raise RuntimeError("server not started")
         return self._proc.pid
