@@ -6,11 +6,17 @@ runs per line of the message.
 
 from __future__ import annotations
 
+import re
+
 from ._buffer import ReceiveBuffer
 from .config import CrlfMode
 
 END_OF_DATA = b"\r\n.\r\n"
 _HELD_SUFFIXES = (b"\r\n.\r", b"\r\n.", b"\r\n", b"\r")
+# The regex engine jumps from one LF (or CR) to the next: cheaper than counting CRLFs.
+# A read never ends in CR (it is held back), so a CRLF is never split between two reads.
+_BARE_LF = re.compile(rb"\n(?<!\r\n)")
+_BARE_CR = re.compile(rb"\r(?!\n)")
 
 
 class DataReader:
@@ -40,7 +46,10 @@ class DataReader:
         """
         buffer = self._buffer
         data = buffer.raw
-        end = data.find(END_OF_DATA)
+        # One scan answers the common case: no line starts with a dot, so nothing to unstuff
+        # and no terminator. Only when one does is the terminator looked for.
+        dot = data.find(b"\r\n.")
+        end = -1 if dot < 0 else data.find(END_OF_DATA, dot)
         if end >= 0:
             raw = buffer.take(end + 2)
             buffer.take(3)
@@ -55,17 +64,16 @@ class DataReader:
                 return None
             raw = buffer.take(len(data) - hold)
             finished = False
-        if b"\r\n." in raw:
-            raw = raw.replace(b"\r\n.", b"\r\n")
+        if 0 <= dot < len(raw):
+            raw = b"\r\n".join(raw.split(b"\r\n."))  # unstuff in one pass (RFC 5321 §4.5.2)
         had_bare = False
         mode = self._crlf_mode
         if mode is not CrlfMode.LEAVE:
-            crlf = raw.count(b"\r\n")
-            if raw.count(b"\n") != crlf:
+            if _BARE_LF.search(raw):
                 had_bare = True
                 if mode is CrlfMode.NORMALIZE:
                     raw = raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
-            elif mode is CrlfMode.STRICT and raw.count(b"\r") != crlf:
+            elif mode is CrlfMode.STRICT and _BARE_CR.search(raw):
                 had_bare = True
         if self._first:
             self._first = False

@@ -258,6 +258,8 @@ class Server:
                 session.transport.abort()
         if self._sweeper is not None:
             self._sweeper.cancel()
+        if self._tasks:  # on_disconnect hooks and the like: give them the rest of the grace
+            await asyncio.wait(set(self._tasks), timeout=max(0.5, deadline - loop.time()))
         for task in list(self._tasks):
             task.cancel()
         for server in self._servers:
