@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 from smtpcore import (
     NEED_DATA,
     AuthAttempt,
+    CloseReason,
     ConnectionClosed,
     DataChunk,
     Event,
@@ -154,6 +155,12 @@ class SessionDriver:
         if not self.conn.closed:
             self.conn.receive_data(data)
 
+    def lost(self) -> Action | Awaitable[Action]:
+        """The connection is gone, in whatever state the session was (even mid-handshake or
+        while a hook runs): end it, reporting an unfinished message as aborted."""
+        self.conn.close(None, CloseReason.PEER_CLOSED)
+        return self.pump()
+
     def output(self) -> bytes:
         return self.conn.data_to_send()
 
@@ -258,7 +265,7 @@ class SessionDriver:
             if pending is not None:
                 await pending
             return
-        if then is not None:
+        if then is not None and not self.conn.closed:  # the session may have ended meanwhile
             then(event, value)
 
     def _failed(self, event: Event, exc: Exception) -> Awaitable[None] | None:

@@ -74,10 +74,8 @@ class _Protocol(asyncio.Protocol):
         self.tracked = None
         self.server.registry.sessions.discard(self)
         driver = tracked.driver
-        # While a hook task runs, the core waits for its answer: there is nothing to pump.
-        if not driver.conn.closed and not tracked.busy:
-            driver.feed(b"")
-            step = driver.pump()  # reports the aborted message; nothing can be written now
+        if not driver.conn.closed:
+            step = driver.lost()  # reports an aborted message; nothing can be written now
             if not isinstance(step, Action):
                 self.server.spawn(step)
         result = driver.disconnected()
