@@ -574,9 +574,10 @@ class SmtpConnection:
         if line is None:
             if len(self._buffer) > limit:
                 self._discarding += self._buffer.clear()
-                if self._discarding > self.config.max_buffer_size:
-                    self._send(R.BUFFER_OVERFLOW)
-                    self._close(CloseReason.BUFFER_OVERFLOW)
+                self._check_overflow(0)
+            return None
+        # However the line arrived, more than max_buffer_size octets before its LF end it.
+        if self._check_overflow(len(line) - 1):
             return None
         if self._discarding or len(line) > limit:
             self._discarding = 0
@@ -591,6 +592,14 @@ class SmtpConnection:
             self._violation(R.BARE_LF_COMMAND, line)
             return None
         return line[:-1]
+
+    def _check_overflow(self, more: int) -> bool:
+        """End the session once a line runs past max_buffer_size octets without a line end."""
+        if self._discarding + more <= self.config.max_buffer_size:
+            return False
+        self._send(R.BUFFER_OVERFLOW)
+        self._close(CloseReason.BUFFER_OVERFLOW)
+        return True
 
     def _on_line(self, raw: bytes) -> None:
         if self._state is _AUTH:
@@ -946,12 +955,12 @@ class SmtpConnection:
         content = self._buffer.take(self._chunk_left)
         self._chunk_left -= len(content)
         if self._orphan_chunk_state is None:
-            if not self._headers.done:
-                # A blank line's CR may end this chunk and its LF start the next: hold the CR
-                # so HeadersComplete lands before the blank line (DATA never splits a CRLF).
-                content = self._held_cr + content
-                self._held_cr = b"\r" if content.endswith(b"\r") else b""
-                content = content[: len(content) - len(self._held_cr)]
+            # A blank line's CR may end this chunk and its LF start the next: while the header
+            # block is open, hold a final CR back so HeadersComplete lands before the blank
+            # line (DATA never splits a CRLF). A held CR always goes out first next time.
+            content, self._held_cr = self._held_cr + content, b""
+            if not self._headers.done and content.endswith(b"\r"):
+                content, self._held_cr = content[:-1], b"\r"
             self._deliver(content)
         if self._chunk_left:
             return
