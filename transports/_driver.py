@@ -12,7 +12,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any, ClassVar
+from typing import Any
 
 from smtpcore import (
     NEED_DATA,
@@ -63,55 +63,39 @@ class Action(enum.Enum):
     """Close the connection (the output may hold a final 221/421)."""
 
 
-_NO_OP_HOOKS = (
-    "on_logging",
-    "on_connect",
-    "on_helo",
-    "on_mail_from",
-    "on_rcpt_to",
-    "on_message_start",
-    "on_message_headers",
-    "on_message_data",
-    "on_message",
+_NO_OP_HOOKS = frozenset(
+    (
+        "on_logging",
+        "on_connect",
+        "on_helo",
+        "on_mail_from",
+        "on_rcpt_to",
+        "on_message_start",
+        "on_message_headers",
+        "on_message_data",
+        "on_message",
+    )
 )
 
 
-class Hooks:
-    """A handler's hooks, resolved once per handler: a hook left at its no-op default is None,
-    so the driver skips the call (most sessions run on a handful of overridden hooks)."""
+_live_hooks: dict[type, frozenset[str]] = {}
 
-    __slots__ = ("handler", *_NO_OP_HOOKS, "on_auth", "on_unknown_command")
-    _cache: ClassVar[dict[int, Hooks]] = {}
 
-    on_logging: Callable[..., Any] | None
-    on_connect: Callable[..., Any] | None
-    on_helo: Callable[..., Any] | None
-    on_mail_from: Callable[..., Any] | None
-    on_rcpt_to: Callable[..., Any] | None
-    on_message_start: Callable[..., Any] | None
-    on_message_headers: Callable[..., Any] | None
-    on_message_data: Callable[..., Any] | None
-    on_message: Callable[..., Any] | None
-    on_auth: Callable[..., Any]
-    on_unknown_command: Callable[..., Any]
+def live_hooks(handler: Handler) -> frozenset[str]:
+    """The no-op hooks a handler's class overrides; the driver skips calling the others.
 
-    def __init__(self, handler: Handler) -> None:
-        self.handler = handler
-        for name in _NO_OP_HOOKS:
-            own = getattr(type(handler), name, None)
-            live = own is not None and own is not getattr(Handler, name)
-            setattr(self, name, getattr(handler, name) if live else None)
-        self.on_auth = getattr(handler, "on_auth", None) or partial(Handler.on_auth, handler)
-        self.on_unknown_command = getattr(handler, "on_unknown_command", None) or partial(
-            Handler.on_unknown_command, handler
+    Decided once per class (the cache holds classes, never handlers, so a handler and what
+    it keeps are freed with its server).
+    """
+    cls = type(handler)
+    live = _live_hooks.get(cls)
+    if live is None:
+        live = _live_hooks[cls] = frozenset(
+            name
+            for name in _NO_OP_HOOKS
+            if getattr(cls, name, None) not in (None, getattr(Handler, name))
         )
-
-    @classmethod
-    def of(cls, handler: Handler) -> Hooks:
-        hooks = cls._cache.get(id(handler))
-        if hooks is None or hooks.handler is not handler:
-            hooks = cls._cache[id(handler)] = cls(handler)
-        return hooks
+    return live
 
 
 class SessionDriver:
@@ -126,7 +110,7 @@ class SessionDriver:
         auth_failure_delay: seconds to wait after the n-th failed AUTH, times n.
     """
 
-    __slots__ = ("_sleep", "auth_failure_delay", "conn", "ctx", "handler", "hooks", "logger")
+    __slots__ = ("_sleep", "auth_failure_delay", "conn", "ctx", "handler", "live", "logger")
 
     def __init__(
         self,
@@ -140,7 +124,7 @@ class SessionDriver:
         logger: logging.Logger | None = None,
     ) -> None:
         self.handler = handler
-        self.hooks = Hooks.of(handler)
+        self.live = live_hooks(handler)
         self.ctx = ctx
         self.conn = SmtpConnection(config, tls_active=tls_active)
         ctx.connection = self.conn
@@ -205,10 +189,10 @@ class SessionDriver:
     def log(self, level: int, message: str, exc: BaseException | None = None) -> None:
         ctx = self.ctx
         line = f"[{ctx.remote_ip}:{ctx.remote_port}] {message}"
-        if self.hooks.on_logging is None:
-            self.logger.log(level, line, exc_info=exc)
+        if "on_logging" in self.live:
+            self.handler.on_logging(ctx, level, line, exc)
         else:
-            self.hooks.on_logging(ctx, level, line, exc)
+            self.logger.log(level, line, exc_info=exc)
 
     # ---------------------------------------------------------------- events
 
@@ -222,7 +206,7 @@ class SessionDriver:
             if kind is DataChunk:
                 assert isinstance(event, DataChunk)
                 self.ctx.message.data += event.data
-                pending = self._call(event, self.hooks.on_message_data, (event.data,), None)
+                pending = self._call(event, "on_message_data", (event.data,), None)
             elif kind is TlsUpgrade:
                 return Action.START_TLS
             elif kind is ConnectionClosed:
@@ -237,16 +221,14 @@ class SessionDriver:
                 return pending
 
     def _call(
-        self,
-        event: Event,
-        hook: Callable[..., Any] | None,
-        args: tuple[Any, ...],
-        then: OnResult | None,
+        self, event: Event, name: str, args: tuple[Any, ...], then: OnResult | None
     ) -> Awaitable[None] | None:
-        if hook is None:
+        """Call hook ``name`` (skipped when left at its no-op default) and apply its result."""
+        if name in _NO_OP_HOOKS and name not in self.live:
             if then is not None:
                 then(event, None)
             return None
+        hook = getattr(self.handler, name, None) or partial(getattr(Handler, name), self.handler)
         try:
             result = hook(self.ctx, *args)
         except Exception as exc:
@@ -293,39 +275,35 @@ class SessionDriver:
 
     def _on_greeting(self, event: Event) -> Awaitable[None] | None:
         self.log(logging.DEBUG, "connected")
-        return self._call(event, self.hooks.on_connect, (), self._accept)
+        return self._call(event, "on_connect", (), self._accept)
 
     def _on_helo(self, event: Event) -> Awaitable[None] | None:
         assert isinstance(event, Helo)
-        return self._call(event, self.hooks.on_helo, (event.domain,), self._accept)
+        return self._call(event, "on_helo", (event.domain,), self._accept)
 
     def _on_mail(self, event: Event) -> Awaitable[None] | None:
         assert isinstance(event, MailFrom)
-        return self._call(
-            event, self.hooks.on_mail_from, (event.address, event), self._accept_rewrite
-        )
+        return self._call(event, "on_mail_from", (event.address, event), self._accept_rewrite)
 
     def _on_rcpt(self, event: Event) -> Awaitable[None] | None:
         assert isinstance(event, RcptTo)
-        return self._call(
-            event, self.hooks.on_rcpt_to, (event.address, event), self._accept_rewrite
-        )
+        return self._call(event, "on_rcpt_to", (event.address, event), self._accept_rewrite)
 
     def _on_auth(self, event: Event) -> Awaitable[None] | None:
         assert isinstance(event, AuthAttempt)
         args = (event.authorization_id, event.authentication_id, event.password, event)
-        return self._call(event, self.hooks.on_auth, args, self._accept_rewrite)
+        return self._call(event, "on_auth", args, self._accept_rewrite)
 
     def _on_message_start(self, event: Event) -> Awaitable[None] | None:
         self.ctx.message = Message(received_at=datetime.now(UTC))
-        return self._call(event, self.hooks.on_message_start, (), self._accept)
+        return self._call(event, "on_message_start", (), self._accept)
 
     def _on_headers(self, event: Event) -> Awaitable[None] | None:
-        return self._call(event, self.hooks.on_message_headers, (), None)
+        return self._call(event, "on_message_headers", (), None)
 
     def _on_message(self, event: Event) -> Awaitable[None] | None:
         self.ctx.message.delivered_at = datetime.now(UTC)
-        return self._call(event, self.hooks.on_message, (), self._answer_message)
+        return self._call(event, "on_message", (), self._answer_message)
 
     def _answer_message(self, event: Event, result: object) -> None:
         assert isinstance(event, MessageComplete)
@@ -345,7 +323,7 @@ class SessionDriver:
     def _on_unknown(self, event: Event) -> Awaitable[None] | None:
         assert isinstance(event, UnknownCommand)
         args = (event.verb, event.argument)
-        return self._call(event, self.hooks.on_unknown_command, args, self._answer_unknown)
+        return self._call(event, "on_unknown_command", args, self._answer_unknown)
 
     def _answer_unknown(self, event: Event, result: object) -> None:
         reply = Reply(250, result, "2.0.0") if isinstance(result, str) and result else None

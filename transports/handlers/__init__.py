@@ -1,7 +1,10 @@
 """Ready-made handlers, and `resolve_handler` to pick one by name (as ``--handler`` does).
 
-``debug`` prints every message (`Debug`), ``sink`` accepts and drops (`Sink`), and
-``package.module:ClassName`` imports a class of your own and instantiates it without arguments.
+``debug`` prints every message (`Debug`), ``sink`` accepts and drops (`Sink`), ``memory``
+keeps messages (`MemoryHandler`), ``maildir:DIR`` and ``mbox:FILE`` store them, ``relay:HOST:PORT``
+forwards them, ``pipe:COMMAND`` and ``webhook:URL`` hand them to a program or a web service (see
+`transports.handlers.specs`), and ``package.module:ClassName`` imports a class of your own and
+instantiates it without arguments. `ChaosHandler` wraps any of them to inject failures.
 """
 
 from __future__ import annotations
@@ -11,10 +14,34 @@ from collections.abc import Callable
 
 from transports.handler import Handler
 
+from . import specs
+from .chaos import ChaosHandler, ChaosRule, parse_chaos
 from .debug import Debug
+from .maildir import MaildirHandler
+from .mbox import MboxHandler
+from .memory import MemoryHandler
+from .pipe import PipeHandler
+from .relay import RelayHandler
 from .sink import Sink
+from .stored import StoredMessage
+from .webhook import WebhookHandler
 
-__all__ = ["HANDLERS", "Debug", "Sink", "resolve_handler"]
+__all__ = [
+    "HANDLERS",
+    "ChaosHandler",
+    "ChaosRule",
+    "Debug",
+    "MaildirHandler",
+    "MboxHandler",
+    "MemoryHandler",
+    "PipeHandler",
+    "RelayHandler",
+    "Sink",
+    "StoredMessage",
+    "WebhookHandler",
+    "parse_chaos",
+    "resolve_handler",
+]
 
 HandlerFactory = Callable[[str | None], Handler]
 """Makes a handler from the text after ``name:`` in a spec (None when there is no colon)."""
@@ -32,6 +59,12 @@ def _without_argument(cls: type[Handler]) -> HandlerFactory:
 HANDLERS: dict[str, HandlerFactory] = {
     "debug": _without_argument(Debug),
     "sink": _without_argument(Sink),
+    "memory": _without_argument(MemoryHandler),
+    "maildir": specs.maildir,
+    "mbox": specs.mbox,
+    "relay": specs.relay,
+    "pipe": specs.pipe,
+    "webhook": specs.webhook,
 }
 """Built-in handler specs: ``name`` or ``name:ARGUMENT`` -> factory. Add entries here."""
 
