@@ -15,12 +15,14 @@ from collections.abc import Callable
 from transports.handler import Handler
 
 from . import specs
+from .amqp import AmqpHandler
 from .chaos import ChaosHandler, ChaosRule, parse_chaos
 from .debug import Debug
 from .maildir import MaildirHandler
 from .mbox import MboxHandler
 from .memory import MemoryHandler
 from .pipe import PipeHandler
+from .redis_stream import RedisStreamHandler
 from .relay import RelayHandler
 from .sink import Sink
 from .stored import StoredMessage
@@ -28,6 +30,7 @@ from .webhook import WebhookHandler
 
 __all__ = [
     "HANDLERS",
+    "AmqpHandler",
     "ChaosHandler",
     "ChaosRule",
     "Debug",
@@ -35,6 +38,7 @@ __all__ = [
     "MboxHandler",
     "MemoryHandler",
     "PipeHandler",
+    "RedisStreamHandler",
     "RelayHandler",
     "Sink",
     "StoredMessage",
@@ -65,6 +69,8 @@ HANDLERS: dict[str, HandlerFactory] = {
     "relay": specs.relay,
     "pipe": specs.pipe,
     "webhook": specs.webhook,
+    "amqp": AmqpHandler.from_spec,
+    "redis": RedisStreamHandler.from_spec,
 }
 """Built-in handler specs: ``name`` or ``name:ARGUMENT`` -> factory. Add entries here."""
 
