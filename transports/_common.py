@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import socket
 from collections.abc import Iterator
 from typing import Any
@@ -43,6 +44,18 @@ class Tracked:
             self.data_since = None
         idle = options.idle_timeout
         return idle is not None and not self.busy and now - self.last_active > idle
+
+    def read_deadline(self, now: float, options: ServerOptions) -> float:
+        """When a read starting ``now`` must give up, for transports that wait with a deadline
+        rather than sweep with `expired`: the idle timeout from now, capped by what is left of
+        the DATA timeout (counted from the first read of the message content)."""
+        deadline = math.inf if options.idle_timeout is None else now + options.idle_timeout
+        if not self.driver.conn.reading_data:
+            self.data_since = None
+        elif options.data_timeout is not None:
+            self.data_since = now if self.data_since is None else self.data_since
+            deadline = min(deadline, self.data_since + options.data_timeout)
+        return deadline
 
 
 class Registry:

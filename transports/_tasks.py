@@ -1,0 +1,418 @@
+"""The trio and anyio transports, written once: one task per connection, driving the core with
+plain awaits.
+
+A session reads only when the driver asks for it, so replies stay in order and bytes sent after
+STARTTLS are never read as plaintext. Every library call goes through a `Backend`, the handful
+of operations trio and anyio name differently; `transports.trio` and `transports.anyio` each
+supply one, with their library's own calls, and subclass `TaskServer` as their `Server`.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import math
+import ssl
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable, Coroutine
+from contextlib import AbstractAsyncContextManager, suppress
+from types import TracebackType
+from typing import Any, Generic, Protocol, TypeVar, TypeVarTuple
+
+from smtpcore import CloseReason
+
+from ._common import TOO_BUSY, Registry, Tracked, new_session, reverse_names
+from ._driver import Action
+from .handler import Handler
+from .options import ServerOptions
+from .tls import tls_facts
+
+__all__ = ["Backend", "TaskServer"]
+
+T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
+
+_CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+_FLUSH = 0.5
+"""Seconds for last words: a forced stop's 421 (then the session task is cancelled), the
+421 to a client past ``max_connections``, a TLS close_notify."""
+
+
+class Resource(Protocol):
+    """A stream or a listener: something to close."""
+
+    async def aclose(self) -> None: ...
+
+
+class Scope(Protocol):
+    """A cancel scope (`trio.CancelScope`, `anyio.CancelScope`)."""
+
+    @property
+    def cancelled_caught(self) -> bool: ...
+
+    def cancel(self) -> None: ...
+
+    def __enter__(self) -> object: ...
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+        /,
+    ) -> bool: ...
+
+
+class Event(Protocol):
+    def set(self) -> None: ...
+
+    async def wait(self) -> None: ...
+
+
+class TaskGroup(Protocol):
+    """A `trio.Nursery` or an anyio `TaskGroup`."""
+
+    @property
+    def cancel_scope(self) -> Scope: ...
+
+    def start_soon(
+        self, fn: Callable[[*Ts], Coroutine[Any, Any, object]], /, *args: *Ts
+    ) -> object: ...
+
+
+StreamT = TypeVar("StreamT", bound=Resource)
+ListenerT = TypeVar("ListenerT", bound=Resource)
+
+
+class Backend(ABC, Generic[StreamT, ListenerT]):
+    """What trio and anyio spell differently: every call the shared logic makes into the
+    library. ``StreamT`` is the library's byte stream (plain or TLS), ``ListenerT`` its
+    listening socket; both are closed with their own ``aclose()``."""
+
+    name: str
+    """For the log: ``smtpcore (<name>) listening on ...``."""
+    gone: tuple[type[Exception], ...]
+    """What a read or a write raises when the peer is gone."""
+    broken: tuple[type[Exception], ...]
+    """What a failed handshake raises; its ``__cause__`` is the `OSError` that says why, if
+    there was one."""
+
+    @abstractmethod
+    def current_time(self) -> float: ...
+
+    @abstractmethod
+    async def sleep(self, seconds: float) -> None: ...
+
+    @abstractmethod
+    def cancel_scope(self, *, deadline: float = math.inf, shield: bool = False) -> Scope: ...
+
+    @abstractmethod
+    def move_on_after(self, seconds: float) -> Scope: ...
+
+    @abstractmethod
+    def event(self) -> Event: ...
+
+    @abstractmethod
+    def task_group(self) -> AbstractAsyncContextManager[TaskGroup]: ...
+
+    @abstractmethod
+    def run_in_thread(self, fn: Callable[[*Ts], T], *args: *Ts) -> Awaitable[T]:
+        """Run blocking ``fn`` in a worker thread, abandoned (left to finish) if cancelled."""
+
+    @abstractmethod
+    async def listen(self, host: str, port: int) -> list[ListenerT]:
+        """Bind every address ``host`` resolves to."""
+
+    @abstractmethod
+    def local_address(self, listener: ListenerT) -> Any: ...
+
+    @abstractmethod
+    async def accept(self, listener: ListenerT) -> StreamT: ...
+
+    @abstractmethod
+    def addresses(self, stream: StreamT) -> tuple[Any, Any]:
+        """(sockname, peername) of an accepted stream; `OSError` if the client is gone."""
+
+    @abstractmethod
+    async def receive(self, stream: StreamT, max_bytes: int) -> bytes:
+        """Up to ``max_bytes``; ``b""`` (or one of `gone`) at EOF."""
+
+    @abstractmethod
+    async def send(self, stream: StreamT, data: bytes) -> None: ...
+
+    @abstractmethod
+    async def aclose_forcefully(self, stream: StreamT) -> None: ...
+
+    @abstractmethod
+    async def start_tls(self, stream: StreamT, context: ssl.SSLContext) -> StreamT:
+        """Wrap ``stream`` in server-side TLS and run the handshake (no timeout of its own)."""
+
+    @abstractmethod
+    def ssl_object(self, tls: StreamT) -> ssl.SSLObject:
+        """The `ssl.SSLObject` of a stream `start_tls` returned, for `tls_facts`."""
+
+
+async def _handshake(
+    backend: Backend[StreamT, Any], stream: StreamT, options: ServerOptions
+) -> StreamT:
+    """Server-side TLS on ``stream`` within the handshake timeout; failures raise an `OSError`
+    that says what went wrong (the `ssl.SSLError`, not the library's bare wrapper), for the log."""
+    assert options.tls_context is not None  # ServerOptions sets one whenever TLS is on
+    timeout = options.tls_handshake_timeout
+    try:
+        with backend.move_on_after(timeout):
+            return await backend.start_tls(stream, options.tls_context)
+    except backend.broken as exc:
+        if isinstance(exc.__cause__, OSError):
+            raise exc.__cause__ from None
+        raise ConnectionError("connection lost during the handshake") from exc
+    raise TimeoutError(f"no handshake in {timeout} s")
+
+
+class _Session(Generic[StreamT]):
+    """One connection's task. `shutdown` (from `TaskServer.stop`) cancels a pending read only,
+    so the session itself writes the 421 and a running hook is not cut short (until a forced
+    stop cancels the task after `_FLUSH`)."""
+
+    __slots__ = ("closing", "end", "reading", "server", "stream", "tracked")
+
+    def __init__(self, server: TaskServer[StreamT, Any], stream: StreamT, tracked: Tracked):
+        self.server = server
+        self.stream = stream
+        self.tracked = tracked
+        self.closing = False
+        self.end = CloseReason.SERVER_CLOSED  # if the core did not end the session itself
+        self.reading: Scope | None = None
+
+    def shutdown(self) -> None:
+        self.closing = True
+        if self.reading is not None:
+            self.reading.cancel()
+
+    async def run(self) -> None:
+        driver, registry = self.tracked.driver, self.server.registry
+        backend = self.server.backend
+        try:
+            if self.server.options.dns_reverse_lookup:
+                await self._busy(backend.run_in_thread(reverse_names, driver.ctx))
+            while True:
+                step = driver.pump()
+                action = step if isinstance(step, Action) else await self._busy(step)
+                if not await self._send(driver.output()) or action is Action.CLOSE:
+                    return
+                if action is Action.START_TLS:
+                    await self._busy(self._start_tls())
+                elif self.closing or (registry.stopping and not driver.conn.in_transaction):
+                    driver.shutdown()
+                else:
+                    await self._read()
+        except Exception as exc:
+            driver.log(logging.ERROR, f"session failed: {exc!r}", exc)
+        finally:
+            with backend.cancel_scope(shield=True):
+                await self._finish()
+
+    async def _busy(self, step: Awaitable[T]) -> T:
+        """Await a hook (or lookup, or handshake): a graceful stop must not close us meanwhile."""
+        self.tracked.busy = True
+        try:
+            return await step
+        finally:
+            self.tracked.busy = False
+
+    async def _read(self) -> None:
+        """Feed the next bytes (``b""`` at EOF); after a timeout or `shutdown`, close with 421.
+        The deadline is the idle timeout from now, capped by what is left of the DATA timeout."""
+        driver, options, backend = self.tracked.driver, self.server.options, self.server.backend
+        deadline = self.tracked.read_deadline(backend.current_time(), options)
+        scope = self.reading = backend.cancel_scope(deadline=deadline)
+        with scope:
+            try:
+                data = await backend.receive(self.stream, options.read_size)
+            except backend.gone:
+                data = b""
+        self.reading = None
+        if not scope.cancelled_caught:
+            self.tracked.last_active = backend.current_time()
+            driver.feed(data)
+        elif self.closing:
+            driver.shutdown()
+        else:
+            driver.timed_out()
+
+    async def _send(self, data: bytes) -> bool:
+        """False if the peer is gone, or read nothing for the idle timeout (it is dead)."""
+        if not data:
+            return True
+        backend, idle = self.server.backend, self.server.options.idle_timeout
+        with backend.move_on_after(math.inf if idle is None else idle):
+            try:
+                await backend.send(self.stream, data)
+                return True
+            except backend.gone:
+                self.end = CloseReason.PEER_CLOSED
+                return False
+        self.end = CloseReason.TIMEOUT
+        return False
+
+    async def _start_tls(self) -> None:
+        driver, backend = self.tracked.driver, self.server.backend
+        try:
+            tls = await _handshake(backend, self.stream, self.server.options)
+        except OSError as exc:
+            driver.tls_failed(exc)
+            return
+        self.stream = tls
+        self.tracked.last_active = backend.current_time()
+        driver.tls_started(tls_facts(backend.ssl_object(tls)))
+
+    async def _finish(self) -> None:
+        """Close, report an aborted message and call ``on_disconnect``, however we ended."""
+        registry, driver = self.server.registry, self.tracked.driver
+        registry.sessions.discard(self)
+        with self.server.backend.move_on_after(_FLUSH):
+            await self.stream.aclose()  # closes even if cancelled; see start_tls on close_notify
+        try:
+            if not driver.conn.closed:  # unlike feed(b""), close() works in every core state
+                driver.conn.close(None, self.end)
+                step = driver.pump()  # reports the aborted message; nothing can be written now
+                if not isinstance(step, Action):
+                    await step
+        except Exception as exc:
+            driver.log(logging.ERROR, f"session cleanup failed: {exc!r}", exc)
+        try:
+            result = driver.disconnected()
+            if isinstance(result, Awaitable):
+                await result
+        except Exception as exc:
+            driver.log(logging.ERROR, f"on_disconnect failed: {exc!r}", exc)
+        driver.log(logging.DEBUG, "disconnected")
+        drained = self.server._drained
+        if registry.stopping and not registry.sessions and drained is not None:
+            drained.set()
+
+
+class TaskServer(Generic[StreamT, ListenerT]):
+    """The server of `transports.trio` and `transports.anyio`: a subclass sets `backend` and
+    gives `_serve` a public ``serve`` with its library's ``task_status``."""
+
+    backend: Backend[StreamT, ListenerT]
+
+    def __init__(
+        self, handler: Handler, options: ServerOptions | None = None, **kwargs: Any
+    ) -> None:
+        self.handler = handler
+        self.options = ServerOptions.build(options, **kwargs)
+        self.registry = Registry(self.options)
+        self._drained: Event | None = None  # made by serve: anyio objects need a running backend
+        self._addresses: list[tuple[str, int]] = []
+        self._listeners: list[tuple[ListenerT, bool]] = []
+        self._accepting: Scope | None = None
+        self._sessions: TaskGroup | None = None
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        """(host, port) of every listening socket, ports resolved when 0 was asked."""
+        return list(self._addresses)
+
+    async def _serve(self, started: Callable[[], object]) -> None:
+        """Bind every listener, report readiness (``started()``), serve until `stop` has
+        finished."""
+        backend = self.backend
+        try:
+            for listener in self.options.listeners:
+                bound = await backend.listen(listener.host, listener.port)
+                self._listeners += [(sock, listener.implicit_tls) for sock in bound]
+            self._drained, self._accepting = backend.event(), backend.cancel_scope()
+            if self.registry.stopping:  # stop ran before there was a scope to cancel
+                self._accepting.cancel()
+            names = [backend.local_address(sock) for sock, _ in self._listeners]
+            self._addresses = [(str(name[0]), int(name[1])) for name in names]
+            self.options.logger.info("smtpcore (%s) listening on %s", backend.name, self.addresses)
+            started()
+            async with backend.task_group() as sessions:
+                self._sessions = sessions
+                with self._accepting:
+                    async with backend.task_group() as accepting:
+                        for sock, implicit_tls in self._listeners:
+                            accepting.start_soon(self._accept, sock, implicit_tls)
+        finally:  # _accept closes its listener; this covers failures and early cancellation
+            with backend.cancel_scope(shield=True):
+                for sock, _ in self._listeners:
+                    await sock.aclose()
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Stop accepting; close idle sessions with 421 at once, let transactions finish for
+        ``grace`` seconds, then send 421 to the rest (``grace=0``: immediately)."""
+        registry, backend = self.registry, self.backend
+        registry.stopping = True
+        if self._accepting is not None:
+            self._accepting.cancel()
+        for session in registry.idle():
+            session.shutdown()
+        with backend.move_on_after(grace):
+            await self._drain()
+        for session in list(registry.sessions):
+            session.shutdown()
+        with backend.move_on_after(_FLUSH):
+            await self._drain()
+        if self._sessions is not None:
+            self._sessions.cancel_scope.cancel()
+
+    async def _drain(self) -> None:
+        """Return once every session has ended (their last task sets `_drained`)."""
+        if self.registry.sessions and self._drained is not None:
+            await self._drained.wait()
+
+    async def _accept(self, listener: ListenerT, implicit_tls: bool) -> None:
+        """Accept until cancelled; out of file descriptors or memory, wait instead of crashing.
+        The listener is closed as soon as a stop cancels accepting: clients are refused."""
+        assert self._sessions is not None
+        try:
+            while True:
+                try:
+                    stream = await self.backend.accept(listener)
+                except OSError as exc:
+                    if exc.errno not in _CAPACITY_ERRNOS:
+                        raise
+                    self.options.logger.error("accept failed: %s; retrying", exc)
+                    await self.backend.sleep(0.1)
+                else:
+                    self._sessions.start_soon(self._connection, stream, implicit_tls)
+        finally:
+            await listener.aclose()
+
+    async def _connection(self, stream: StreamT, implicit_tls: bool) -> None:
+        """Handshake (SMTPS), refuse past ``max_connections``, else run a session; the socket
+        is closed however this ends (cancellation included)."""
+        backend, options = self.backend, self.options
+        try:
+            try:
+                sockname, peername = backend.addresses(stream)
+            except OSError:  # the client is already gone
+                return
+            client, ssl_object = stream, None
+            if implicit_tls:
+                try:
+                    client = await _handshake(backend, stream, options)
+                except OSError as exc:
+                    options.logger.debug("SMTPS handshake with %s failed: %r", peername, exc)
+                    return
+                ssl_object = backend.ssl_object(client)
+            if self.registry.full():
+                with backend.move_on_after(_FLUSH), suppress(*backend.gone):
+                    await backend.send(client, TOO_BUSY)
+                return
+            driver = new_session(
+                self.handler,
+                options,
+                sockname,
+                peername,
+                sleep=backend.sleep,
+                ssl_object=ssl_object,
+            )
+            session = _Session(self, client, Tracked(driver, backend.current_time()))
+            self.registry.sessions.add(session)
+            await session.run()
+        finally:
+            await backend.aclose_forcefully(stream)
