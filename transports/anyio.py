@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import ssl
 from collections.abc import Awaitable, Callable
+from contextlib import suppress
 from typing import Any, TypeVar, TypeVarTuple, cast
 
 import anyio
@@ -81,14 +82,25 @@ class _AnyIO(Backend[ByteStream, SocketListener]):
 
     async def start_tls(self, stream: ByteStream, context: ssl.SSLContext) -> ByteStream:
         """``standard_compatible=False``: SMTP says when the session ends, so a peer closing
-        without close_notify (as `smtplib` does) is an ordinary EOF, not an error; closing the
-        stream sends no close_notify either."""
-        return await TLSStream.wrap(
+        without close_notify (as `smtplib` does) is an ordinary EOF, not an error."""
+        return await _TLSStream.wrap(
             stream, server_side=True, ssl_context=context, standard_compatible=False
         )
 
     def ssl_object(self, tls: ByteStream) -> ssl.SSLObject:
         return tls.extra(TLSAttribute.ssl_object)
+
+
+class _TLSStream(TLSStream):
+    """Sends close_notify when closed (RFC 8446 §6.1), which ``standard_compatible=False``
+    alone would skip; the session's close deadline bounds the wait for the peer's."""
+
+    async def aclose(self) -> None:
+        try:
+            with suppress(*_AnyIO.gone):
+                await self.unwrap()
+        finally:
+            await self.transport_stream.aclose()
 
 
 class Server(TaskServer[ByteStream, SocketListener]):

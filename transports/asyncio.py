@@ -21,7 +21,7 @@ __all__ = ["Server"]
 
 
 class _Protocol(asyncio.Protocol):
-    __slots__ = ("loop", "server", "tracked", "transport", "writing_paused")
+    __slots__ = ("held", "loop", "server", "tracked", "transport", "writing_paused")
 
     def __init__(self, server: Server) -> None:
         self.server = server
@@ -29,6 +29,8 @@ class _Protocol(asyncio.Protocol):
         self.tracked: Tracked | None = None
         self.transport: Any = None
         self.writing_paused = False
+        self.held: list[bytes] | None = None
+        """Bytes received while `start_tls` runs; fed to the core once it knows TLS is on."""
 
     # ---- asyncio callbacks
 
@@ -59,13 +61,20 @@ class _Protocol(asyncio.Protocol):
         if tracked is None:
             return
         tracked.last_active = self.loop.time()
+        if self.held is not None:
+            # start_tls() delivers what came with the client's Finished (TLS 1.3 clients send
+            # their first command right behind it) before it returns to us: keep it for later.
+            self.held.append(data)
+            return
         tracked.driver.feed(data)
         if not tracked.busy:
             self._pump()
 
     def eof_received(self) -> bool:
         self.data_received(b"")
-        return True
+        # Keep the write side open for the last replies; a TLS transport closes regardless
+        # (and warns if asked to keep it).
+        return self.transport.get_extra_info("sslcontext") is None
 
     def connection_lost(self, exc: Exception | None) -> None:
         tracked = self.tracked
@@ -150,6 +159,7 @@ class _Protocol(asyncio.Protocol):
         tracked = self.tracked
         assert tracked is not None
         options = self.server.options
+        self.held = []
         try:
             transport = await self.loop.start_tls(
                 self.transport,
@@ -159,14 +169,25 @@ class _Protocol(asyncio.Protocol):
                 ssl_handshake_timeout=options.tls_handshake_timeout,
             )
         except Exception as exc:
-            tracked.driver.tls_failed(exc)
-            return
+            return self._tls_failed(exc)
+        held, self.held = self.held, None
         if transport is None:
-            tracked.driver.tls_failed(ConnectionError("connection closed during handshake"))
-            return
+            return self._tls_failed(ConnectionError("connection closed during handshake"))
         self.transport = transport
         tracked.last_active = self.loop.time()
         tracked.driver.tls_started(tls_facts(transport.get_extra_info("ssl_object")))
+        for data in held:
+            tracked.driver.feed(data)
+
+    def _tls_failed(self, exc: Exception) -> None:
+        """End the session: asyncio calls ``connection_lost`` only on a protocol whose
+        handshake completed, so without this it would stay registered (and counted against
+        ``max_connections``) until the server stops, and ``on_disconnect`` would never run."""
+        assert self.tracked is not None
+        self.held = None
+        self.tracked.driver.tls_failed(exc)
+        self.transport.abort()
+        self.connection_lost(exc)
 
     async def _resolve_then_pump(self) -> None:
         assert self.tracked is not None

@@ -176,6 +176,10 @@ class _Connection:
 
     def _close(self) -> None:
         with self.lock:
+            if isinstance(self.sock, ssl.SSLSocket):  # send close_notify (RFC 8446 §6.1)
+                with suppress(OSError, ValueError):
+                    self.sock.settimeout(_LAST_WORD)
+                    self.sock = self.sock.unwrap()
             with suppress(OSError):
                 self.sock.shutdown(socket.SHUT_RDWR)
             self.sock.close()
