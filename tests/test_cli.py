@@ -186,6 +186,17 @@ def test_max_connections_refuses_one_more_client_with_421(tmp_path: Path) -> Non
         assert served.stop() == 0
 
 
+def test_chaos_fails_the_chosen_verb(tmp_path: Path) -> None:
+    with serving(
+        tmp_path, "--handler", "sink", "--chaos", "rcpt=451", "--chaos-seed", "1"
+    ) as served:
+        with served.client() as smtp:
+            assert smtp.ehlo()[0] == 250
+            assert smtp.mail("a@example.org")[0] == 250
+            assert smtp.rcpt("b@example.org")[0] == 451
+        assert served.stop() == 0
+
+
 def test_options_reach_the_server(tmp_path: Path) -> None:
     with serving(tmp_path, "--hostname", "mx.test", "--max-message-size", "1000") as served:
         with served.client() as smtp:

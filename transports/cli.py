@@ -32,7 +32,7 @@ from smtpcore.sasl import BUILTIN_MECHANISMS
 from .auth import AuthenticatingHandler, Credentials, check_user_name, hash_password
 from .controller import TRANSPORTS
 from .handler import Handler
-from .handlers import HANDLERS, resolve_handler
+from .handlers import HANDLERS, ChaosHandler, ChaosRule, parse_chaos, resolve_handler
 from .options import ServerOptions
 from .tls import TlsPreset, make_server_context
 
@@ -107,6 +107,21 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"what to do with mail: {', '.join(HANDLERS)}, or package.module:Class "
         "(importable from the current directory too; instantiated without arguments) "
         "(default: %(default)s)",
+    )
+    add(
+        "--chaos",
+        action="append",
+        default=[],
+        type=_chaos_rule,
+        metavar="VERB=CODE[:RATE]",
+        help="fail MAIL, RCPT, DATA or AUTH with CODE at RATE (0 to 1, default 1), to test "
+        "how senders cope, e.g. rcpt=451:0.2; repeatable (default: none)",
+    )
+    add(
+        "--chaos-seed",
+        type=int,
+        metavar="N",
+        help="seed the --chaos draws, so a run can be repeated (default: random)",
     )
     add("--lmtp", action="store_true", help="speak LMTP (RFC 2033) instead of SMTP (default: off)")
     add(
@@ -234,6 +249,13 @@ def _add_auth_arguments(
     )
 
 
+def _chaos_rule(text: str) -> ChaosRule:
+    try:
+        return parse_chaos(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _port(text: str) -> int:
     if not text.isdigit() or int(text) > 65535:
         raise argparse.ArgumentTypeError(f"a port is 0 to 65535, not {text!r}")
@@ -299,6 +321,8 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         if os.getcwd() not in sys.path:  # package.module:Class from where smtpcore is run
             sys.path.append(os.getcwd())
         handler = _with_credentials(resolve_handler(args.handler), args)
+        if args.chaos:  # outermost, so that AUTH failures can be injected too
+            handler = ChaosHandler(handler, args.chaos, seed=args.chaos_seed)
     except (ValueError, OSError) as exc:  # OSError: a certificate or user file cannot be read
         parser.error(str(exc))
     loop_factory = _loop_factory(parser, args.loop, args.transport)
