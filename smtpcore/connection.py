@@ -103,6 +103,7 @@ class SmtpConnection:
         "_error_count",
         "_esmtp",
         "_events",
+        "_guarded",
         "_headers",
         "_held_cr",
         "_helo",
@@ -112,6 +113,7 @@ class SmtpConnection:
         "_orphan_chunk_state",
         "_outbox",
         "_pending",
+        "_received",
         "_rejected_rcpts",
         "_sasl",
         "_state",
@@ -123,6 +125,10 @@ class SmtpConnection:
         self.config = config or SmtpConfig()
         self._mechanisms = _mechanisms_of(self.config)
         self._buffer = ReceiveBuffer()
+        self._received = self._buffer.raw  # the same bytearray: emptiness tests stay in C
+        self._guarded = (
+            self.config.tls_mode is TlsMode.REQUIRED or self.config.auth_mode is AuthMode.REQUIRED
+        )
         self._outbox = bytearray()
         self._events: list[Event] = []  # rarely more than three: a list beats a deque here
         self._state = _GREETING
@@ -265,7 +271,7 @@ class SmtpConnection:
                 return PAUSED
             if state is _GREETING:
                 self._events.append(Greeting())
-            elif (not self._buffer and state is not _BDAT_CHUNK) or not self._parse_some():
+            elif (not self._received and state is not _BDAT_CHUNK) or not self._parse_some():
                 if not self._eof:
                     return NEED_DATA
                 self._close(CloseReason.PEER_CLOSED)
@@ -276,7 +282,7 @@ class SmtpConnection:
         if state is _DATA:
             return self._read_data()
         if state is _BDAT_CHUNK:
-            if not self._buffer and self._chunk_left:
+            if not self._received and self._chunk_left:
                 return False
             self._read_chunk()
             return True
@@ -617,7 +623,7 @@ class SmtpConnection:
         if not verb:
             self._violation(R.BAD_SYNTAX, raw)
             return
-        refusal = self._refusal(verb)
+        refusal = self._refusal(verb) if self._guarded or self._state is _REFUSED else None
         if refusal is not None:
             if verb == "BDAT" and self.config.chunking:
                 self._cmd_bdat(verb, arg, raw, refusal)  # its octets must still be read
