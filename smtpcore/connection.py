@@ -391,8 +391,11 @@ class SmtpConnection:
             if complete is None:
                 self._abort_message("rejected by the application", reply or R.LOCAL_ERROR)
                 return
-            # The data has already ended: this is the answer to the message.
-            self._events.remove(complete)
+            # The data has already ended: this is the answer to the message, and the content
+            # still queued is dropped with it.
+            self._events = [
+                e for e in self._events if e is not complete and type(e) not in _CONTENT_EVENTS
+            ]
             self._pending = event = complete
         self._check_pending(event)
         self._pending = None
@@ -587,17 +590,20 @@ class SmtpConnection:
             return None
         if self._discarding or len(line) > limit:
             self._discarding = 0
-            if self._state is _AUTH:
-                self._sasl = None
-                self._state = _READY
-            self._violation(R.LINE_TOO_LONG)
+            self._refuse_line(R.LINE_TOO_LONG, b"")
             return None
         if line.endswith(b"\r\n"):
             return line[:-2]
         if self.config.crlf_mode is CrlfMode.STRICT:
-            self._violation(R.BARE_LF_COMMAND, line)
+            self._refuse_line(R.BARE_LF_COMMAND, line)
             return None
         return line[:-1]
+
+    def _refuse_line(self, reply: Reply, line: bytes) -> None:
+        """Refuse a malformed line; inside AUTH the 5xx also ends the exchange (RFC 4954 §4)."""
+        if self._state is _AUTH:
+            self._end_sasl()
+        self._violation(reply, line)
 
     def _check_overflow(self, more: int) -> bool:
         """End the session once a line runs past max_buffer_size octets without a line end."""
