@@ -2,20 +2,37 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import socket
-from collections.abc import Iterator
-from typing import Any
+import time
+from collections.abc import Awaitable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from smtpcore import Reply
+from smtpcore import Event, Reply, SmtpConfig, SmtpConnection
+from smtpcore.proxy import ProxyInfo, trusted
 from smtpcore.replies import SERVICE_UNAVAILABLE
 
-from ._driver import SessionDriver
+from ._driver import _NO_OP_HOOKS, OnResult, SessionDriver
 from .handler import Handler, Session
 from .options import ServerOptions
 from .tls import tls_facts
 
-__all__ = ["TOO_BUSY", "Registry", "Tracked", "check_sync_handler", "new_session"]
+if TYPE_CHECKING:
+    from .ops import Observer
+
+__all__ = [
+    "TOO_BUSY",
+    "Proxied",
+    "Registry",
+    "Tracked",
+    "check_sync_handler",
+    "new_session",
+    "proxy_hook",
+    "proxy_peer_trusted",
+    "refuse_connection",
+]
 
 TOO_BUSY = Reply(421, "Too many connections, try again later", "4.7.0").to_bytes()
 UNAVAILABLE = SERVICE_UNAVAILABLE.to_bytes()
@@ -86,6 +103,16 @@ class Registry:
                 yield session
 
 
+@dataclass(frozen=True, slots=True)
+class Proxied:
+    """``Session.proxy`` on a ``proxy_protocol`` listener: what the PROXY header said, and the
+    socket's real peer (the proxy that sent it)."""
+
+    info: ProxyInfo
+    peer_ip: str
+    peer_port: int
+
+
 def new_session(
     handler: Handler,
     options: ServerOptions,
@@ -94,17 +121,31 @@ def new_session(
     *,
     sleep: Any,
     ssl_object: Any = None,
+    proxy: ProxyInfo | None = None,
 ) -> SessionDriver:
-    """A driver with its session context filled from the socket's addresses."""
+    """A driver with its session context filled from the socket's addresses, or from the
+    PROXY header ``proxy`` when it names the client (``ctx.proxy`` then keeps the socket's
+    peer). With an observer in the options the driver reports to it."""
+    local = (sockname[0], sockname[1])
+    remote = (peername[0], peername[1])
+    proxied = None
+    if proxy is not None:
+        proxied = Proxied(proxy, str(peername[0]), int(peername[1]))
+        if proxy.addresses_known:
+            remote = (proxy.source_address, proxy.source_port)
+            local = (proxy.destination_address, proxy.destination_port)
     ctx = Session(
-        local_ip=str(sockname[0]),
-        local_port=int(sockname[1]),
-        remote_ip=str(peername[0]),
-        remote_port=int(peername[1]),
+        local_ip=str(local[0]),
+        local_port=int(local[1]),
+        remote_ip=str(remote[0]),
+        remote_port=int(remote[1]),
+        proxy=proxied,
     )
     if ssl_object is not None:
         ctx.tls = tls_facts(ssl_object)
-    return SessionDriver(
+    observer = options.observer
+    kind = SessionDriver if observer is None else ObservedDriver
+    driver = kind(
         handler,
         options.config,
         ctx,
@@ -113,6 +154,130 @@ def new_session(
         tls_active=ssl_object is not None,
         logger=options.logger,
     )
+    if observer is not None:
+        assert isinstance(driver, ObservedDriver)
+        driver.observe(observer, options.config, tls_active=ssl_object is not None)
+        if ssl_object is not None:
+            observer.tls_handshake(True)
+    return driver
+
+
+# ---------------------------------------------------- observing (ServerOptions.observer)
+
+
+class _ObservedConnection(SmtpConnection):
+    """The core, reporting each message's final reply: every one goes through
+    ``_send_per_recipient`` (accepted, refused by a hook, or refused while the content
+    streamed: too large, bare LF, a content hook)."""
+
+    __slots__ = ("observer",)
+
+    observer: Observer
+
+    def _send_per_recipient(self, replies: Sequence[Reply]) -> None:
+        super()._send_per_recipient(replies)
+        answered = self.observer.message_answered
+        for reply in replies if self.config.lmtp else replies[:1]:
+            answered(reply.code)
+
+
+class ObservedDriver(SessionDriver):
+    """A `SessionDriver` that tells an `Observer` about its session: start and end, bytes,
+    TLS handshakes, hook latency and (through its core) message replies. `new_session` uses it
+    only when an observer is set, so unobserved servers pay nothing."""
+
+    __slots__ = ("_hook_end", "_started", "observer")
+
+    observer: Observer
+
+    def observe(self, observer: Observer, config: SmtpConfig, *, tls_active: bool) -> None:
+        """Start reporting to ``observer`` (right after construction: the core is replaced by
+        one that reports too)."""
+        self.observer = observer
+        self._started = False
+        self._hook_end: float | None = None
+        conn = _ObservedConnection(config, tls_active=tls_active)
+        conn.observer = observer
+        self.conn = self.ctx.connection = conn
+
+    def feed(self, data: bytes) -> None:
+        if data:
+            self.observer.bytes_received(len(data))
+        super().feed(data)
+
+    def pump(self) -> Any:
+        if not self._started:
+            self._started = True
+            self.observer.session_started()
+        return super().pump()
+
+    def disconnected(self) -> Any:
+        if self._started:
+            self._started = False
+            self.observer.session_ended()
+        return super().disconnected()
+
+    def tls_started(self, facts: Any) -> None:
+        self.observer.tls_handshake(True)
+        super().tls_started(facts)
+
+    def tls_failed(self, exc: BaseException) -> None:
+        self.observer.tls_handshake(False)
+        super().tls_failed(exc)
+
+    def _call(
+        self, event: Event, name: str, args: tuple[Any, ...], then: OnResult | None
+    ) -> Awaitable[None] | None:
+        if name in _NO_OP_HOOKS and name not in self.live:  # not called: nothing to time
+            return super()._call(event, name, args, then)
+        self._hook_end = None
+        start = time.perf_counter()
+        pending = super()._call(event, name, args, then)
+        if pending is None:
+            self.observer.hook_finished(name, (self._hook_end or time.perf_counter()) - start)
+            return None
+        return self._timed(pending, name, start)
+
+    async def _timed(self, pending: Awaitable[None], name: str, start: float) -> None:
+        try:
+            await pending
+        finally:
+            self.observer.hook_finished(name, (self._hook_end or time.perf_counter()) - start)
+
+    def _failed(self, event: Event, exc: Exception) -> Awaitable[None] | None:
+        # The hook ended here: what follows (the pause after a failed AUTH) is not its time.
+        self._hook_end = time.perf_counter()
+        return super()._failed(event, exc)
+
+
+# ---------------------------------------------------------------- PROXY protocol
+
+
+def proxy_peer_trusted(options: ServerOptions, peername: Any) -> bool:
+    """Whether the socket's peer is one of ``options.trusted_proxies``."""
+    return trusted(str(peername[0]), options.trusted_proxies)
+
+
+def refuse_connection(
+    handler: Handler, options: ServerOptions, peername: Any, reason: str, detail: str
+) -> None:
+    """Log (through ``handler.on_logging``, as sessionless lines are) and count a connection
+    closed before its session, without a reply."""
+    where = f"[{peername[0]}:{peername[1]}]" if peername else "[?]"
+    try:
+        handler.on_logging(None, logging.WARNING, f"{where} {detail}; closed without a reply")
+    except Exception as exc:  # a logging hook must not keep the connection open
+        options.logger.error("on_logging failed: %r", exc, exc_info=exc)
+    if options.observer is not None:
+        options.observer.connection_refused(reason)
+
+
+def proxy_hook(handler: Handler, driver: SessionDriver, info: ProxyInfo) -> Any:
+    """Call `Handler.on_proxy` if the handler's class overrides it (None otherwise); its
+    result may need awaiting. It raises to refuse the connection."""
+    if type(handler).on_proxy is Handler.on_proxy:
+        return None
+    return handler.on_proxy(driver.ctx, info)
 
 
 def reverse_names(ctx: Session) -> None:

@@ -5,6 +5,9 @@ A session reads only when the driver asks for it, so replies stay in order and b
 STARTTLS are never read as plaintext. Every library call goes through a `Backend`, the handful
 of operations trio and anyio name differently; `transports.trio` and `transports.anyio` each
 supply one, with their library's own calls, and subclass `TaskServer` as their `Server`.
+
+On a ``proxy_protocol`` listener the connection's task first reads the PROXY header (within
+``proxy_timeout``) and creates the session only then, with the addresses it names.
 """
 
 from __future__ import annotations
@@ -12,19 +15,30 @@ from __future__ import annotations
 import errno
 import logging
 import math
+import socket
 import ssl
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import AbstractAsyncContextManager, suppress
 from types import TracebackType
-from typing import Any, Generic, Protocol, TypeVar, TypeVarTuple
+from typing import Any, Generic, Protocol, TypeVar, TypeVarTuple, cast
 
 from smtpcore import CloseReason
+from smtpcore.proxy import ProxyHeaderParser, ProxyInfo, ProxyProtocolError
 
-from ._common import TOO_BUSY, Registry, Tracked, new_session, reverse_names
+from ._common import (
+    TOO_BUSY,
+    Registry,
+    Tracked,
+    new_session,
+    proxy_hook,
+    proxy_peer_trusted,
+    refuse_connection,
+    reverse_names,
+)
 from ._driver import Action
 from .handler import Handler
-from .options import ServerOptions
+from .options import Listener, ServerOptions
 from .tls import tls_facts
 
 __all__ = ["Backend", "TaskServer"]
@@ -123,6 +137,20 @@ class Backend(ABC, Generic[StreamT, ListenerT]):
     async def listen(self, host: str, port: int) -> list[ListenerT]:
         """Bind every address ``host`` resolves to."""
 
+    async def adopt(self, sock: socket.socket) -> ListenerT:
+        """A listener on ``sock``, already bound and listening (it takes ``sock`` over).
+
+        Written here for both libraries, by `name`; a backend may override it."""
+        if self.name == "trio":
+            import trio
+
+            listener: Any = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+        else:
+            from anyio.abc import SocketListener
+
+            listener = await SocketListener.from_socket(sock)
+        return cast(ListenerT, listener)
+
     @abstractmethod
     def local_address(self, listener: ListenerT) -> Any: ...
 
@@ -174,18 +202,24 @@ class _Session(Generic[StreamT]):
     so the session itself writes the 421 and a running hook is not cut short (until a forced
     stop cancels the task after `_FLUSH`)."""
 
-    __slots__ = ("closing", "end", "reading", "server", "stream", "tracked")
+    __slots__ = ("closing", "end", "reading", "server", "stream", "tracked", "woken")
 
     def __init__(self, server: TaskServer[StreamT, Any], stream: StreamT, tracked: Tracked):
         self.server = server
         self.stream = stream
         self.tracked = tracked
         self.closing = False
+        self.woken = False
         self.end = CloseReason.SERVER_CLOSED  # if the core did not end the session itself
         self.reading: Scope | None = None
 
-    def shutdown(self) -> None:
-        self.closing = True
+    def shutdown(self, force: bool = True) -> None:
+        """Close with 421 (``force``), or only wake a pending read so that a session which is
+        still idle when it wakes closes: one that meanwhile started a transaction finishes it."""
+        if force:
+            self.closing = True
+        else:
+            self.woken = True
         if self.reading is not None:
             self.reading.cancel()
 
@@ -237,6 +271,10 @@ class _Session(Generic[StreamT]):
             driver.feed(data)
         elif self.closing:
             driver.shutdown()
+        elif self.woken:
+            self.woken = False
+            if not driver.conn.in_transaction:
+                driver.shutdown()
         else:
             driver.timed_out()
 
@@ -306,7 +344,7 @@ class TaskServer(Generic[StreamT, ListenerT]):
         self.registry = Registry(self.options)
         self._drained: Event | None = None  # made by serve: anyio objects need a running backend
         self._addresses: list[tuple[str, int]] = []
-        self._listeners: list[tuple[ListenerT, bool]] = []
+        self._listeners: list[tuple[ListenerT, Listener]] = []
         self._accepting: Scope | None = None
         self._sessions: TaskGroup | None = None
 
@@ -321,8 +359,11 @@ class TaskServer(Generic[StreamT, ListenerT]):
         backend = self.backend
         try:
             for listener in self.options.listeners:
-                bound = await backend.listen(listener.host, listener.port)
-                self._listeners += [(sock, listener.implicit_tls) for sock in bound]
+                if listener.fd is not None:  # bound by a supervisor: adopt it
+                    bound = [await backend.adopt(socket.socket(fileno=listener.fd))]
+                else:
+                    bound = await backend.listen(listener.host, listener.port)
+                self._listeners += [(sock, listener) for sock in bound]
             self._drained, self._accepting = backend.event(), backend.cancel_scope()
             if self.registry.stopping:  # stop ran before there was a scope to cancel
                 self._accepting.cancel()
@@ -334,8 +375,8 @@ class TaskServer(Generic[StreamT, ListenerT]):
                 self._sessions = sessions
                 with self._accepting:
                     async with backend.task_group() as accepting:
-                        for sock, implicit_tls in self._listeners:
-                            accepting.start_soon(self._accept, sock, implicit_tls)
+                        for sock, listener in self._listeners:
+                            accepting.start_soon(self._accept, sock, listener)
         finally:  # _accept closes its listener; this covers failures and early cancellation
             with backend.cancel_scope(shield=True):
                 for sock, _ in self._listeners:
@@ -346,10 +387,12 @@ class TaskServer(Generic[StreamT, ListenerT]):
         ``grace`` seconds, then send 421 to the rest (``grace=0``: immediately)."""
         registry, backend = self.registry, self.backend
         registry.stopping = True
+        if self.options.observer is not None:
+            self.options.observer.stopping()
         if self._accepting is not None:
             self._accepting.cancel()
         for session in registry.idle():
-            session.shutdown()
+            session.shutdown(force=False)
         with backend.move_on_after(grace):
             await self._drain()
         for session in list(registry.sessions):
@@ -364,45 +407,50 @@ class TaskServer(Generic[StreamT, ListenerT]):
         if self.registry.sessions and self._drained is not None:
             await self._drained.wait()
 
-    async def _accept(self, listener: ListenerT, implicit_tls: bool) -> None:
+    async def _accept(self, sock: ListenerT, listener: Listener) -> None:
         """Accept until cancelled; out of file descriptors or memory, wait instead of crashing.
         The listener is closed as soon as a stop cancels accepting: clients are refused."""
         assert self._sessions is not None
         try:
             while True:
                 try:
-                    stream = await self.backend.accept(listener)
+                    stream = await self.backend.accept(sock)
                 except OSError as exc:
                     if exc.errno not in _CAPACITY_ERRNOS:
                         raise
                     self.options.logger.error("accept failed: %s; retrying", exc)
                     await self.backend.sleep(0.1)
                 else:
-                    self._sessions.start_soon(self._connection, stream, implicit_tls)
+                    self._sessions.start_soon(self._connection, stream, listener)
         finally:
-            await listener.aclose()
+            await sock.aclose()
 
-    async def _connection(self, stream: StreamT, implicit_tls: bool) -> None:
-        """Handshake (SMTPS), refuse past ``max_connections``, else run a session; the socket
-        is closed however this ends (cancellation included)."""
-        backend, options = self.backend, self.options
+    async def _connection(self, stream: StreamT, listener: Listener) -> None:
+        """Read the PROXY header (PROXY listeners), handshake (SMTPS), refuse past
+        ``max_connections``, else run a session; the socket is closed however this ends
+        (cancellation included)."""
+        backend, options, observer = self.backend, self.options, self.options.observer
         try:
             try:
                 sockname, peername = backend.addresses(stream)
             except OSError:  # the client is already gone
                 return
+            info, remainder = None, b""
+            if listener.proxy_protocol:
+                header = await self._proxy_header(stream, peername)
+                if header is None:
+                    return
+                info, remainder = header
             client, ssl_object = stream, None
-            if implicit_tls:
+            if listener.implicit_tls:
                 try:
                     client = await _handshake(backend, stream, options)
                 except OSError as exc:
                     options.logger.debug("SMTPS handshake with %s failed: %r", peername, exc)
+                    if observer is not None:
+                        observer.tls_handshake(False)
                     return
                 ssl_object = backend.ssl_object(client)
-            if self.registry.full():
-                with backend.move_on_after(_FLUSH), suppress(*backend.gone):
-                    await backend.send(client, TOO_BUSY)
-                return
             driver = new_session(
                 self.handler,
                 options,
@@ -410,9 +458,59 @@ class TaskServer(Generic[StreamT, ListenerT]):
                 peername,
                 sleep=backend.sleep,
                 ssl_object=ssl_object,
+                proxy=info,
             )
+            if info is not None:
+                try:
+                    result = proxy_hook(self.handler, driver, info)
+                    if isinstance(result, Awaitable):
+                        await result
+                except Exception as exc:
+                    detail = f"on_proxy refused the client: {exc!r}"
+                    refuse_connection(self.handler, options, peername, "proxy-refused", detail)
+                    return
+            if self.registry.full():
+                with backend.move_on_after(_FLUSH), suppress(*backend.gone):
+                    await backend.send(client, TOO_BUSY)
+                if observer is not None:
+                    observer.connection_refused("too-busy")
+                return
+            if remainder:  # what followed the PROXY header is SMTP
+                driver.feed(remainder)
             session = _Session(self, client, Tracked(driver, backend.current_time()))
             self.registry.sessions.add(session)
             await session.run()
         finally:
             await backend.aclose_forcefully(stream)
+
+    async def _proxy_header(self, stream: StreamT, peername: Any) -> tuple[ProxyInfo, bytes] | None:
+        """The PROXY header and the bytes after it; None (logged) if the peer may not send
+        one, sends a bad one, or none within ``proxy_timeout``."""
+        backend, options = self.backend, self.options
+        if not proxy_peer_trusted(options, peername):
+            reason, detail = (
+                "proxy-untrusted",
+                "connection to a PROXY listener from an untrusted peer",
+            )
+        else:
+            parser = ProxyHeaderParser()
+            reason, detail = "proxy-timeout", f"no PROXY header in {options.proxy_timeout} s"
+            with backend.move_on_after(options.proxy_timeout):
+                while True:
+                    try:
+                        data = await backend.receive(stream, options.read_size)
+                    except backend.gone:
+                        data = b""
+                    try:
+                        info = parser.feed(data)
+                    except ProxyProtocolError as exc:
+                        reason, detail = (
+                            ("proxy-malformed", f"bad PROXY header: {exc}")
+                            if data
+                            else ("proxy-incomplete", "closed before its PROXY header ended")
+                        )
+                        break
+                    if info is not None:
+                        return info, parser.remainder
+        refuse_connection(self.handler, options, peername, reason, detail)
+        return None

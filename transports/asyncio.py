@@ -2,44 +2,88 @@
 
 Synchronous hooks run inline in ``data_received``; only an ``async def`` hook (or an AUTH
 failure pause) costs a task. Reading is paused while one runs, so replies stay in order.
+
+On a ``proxy_protocol`` listener the protocol first buffers the PROXY header (nothing is sent
+until it is complete) and creates the session only then, with the addresses it names.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import Awaitable
 from typing import Any
 
-from ._common import TOO_BUSY, Registry, Tracked, new_session, reverse_names
-from ._driver import Action
+from smtpcore.proxy import ProxyHeaderParser, ProxyInfo, ProxyProtocolError
+
+from ._common import (
+    TOO_BUSY,
+    Registry,
+    Tracked,
+    new_session,
+    proxy_hook,
+    proxy_peer_trusted,
+    refuse_connection,
+    reverse_names,
+)
+from ._driver import Action, SessionDriver
 from .handler import Handler
-from .options import ServerOptions
+from .options import Listener, ServerOptions
 from .tls import tls_facts
 
 __all__ = ["Server"]
 
 
 class _Protocol(asyncio.Protocol):
-    __slots__ = ("held", "loop", "server", "tracked", "transport", "writing_paused")
+    __slots__ = (
+        "held",
+        "listener",
+        "loop",
+        "proxy",
+        "proxy_timer",
+        "server",
+        "tracked",
+        "transport",
+        "writing_paused",
+    )
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: Server, listener: Listener) -> None:
         self.server = server
+        self.listener = listener
         self.loop = server.loop
         self.tracked: Tracked | None = None
         self.transport: Any = None
         self.writing_paused = False
         self.held: list[bytes] | None = None
         """Bytes received while `start_tls` runs; fed to the core once it knows TLS is on."""
+        self.proxy: ProxyHeaderParser | None = None
+        """Set while the PROXY header is awaited."""
+        self.proxy_timer: asyncio.TimerHandle | None = None
 
     # ---- asyncio callbacks
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
-        server = self.server
+        if not self.listener.proxy_protocol:
+            self._begin(None, b"")
+            return
+        server, peer = self.server, transport.get_extra_info("peername")
+        if not proxy_peer_trusted(server.options, peer):
+            self._refuse("proxy-untrusted", "connection to a PROXY listener from an untrusted peer")
+            return
+        self.proxy = ProxyHeaderParser()
+        self.proxy_timer = self.loop.call_later(server.options.proxy_timeout, self._proxy_late)
+        server.awaiting_proxy.add(self)
+
+    def _begin(self, info: ProxyInfo | None, remainder: bytes) -> None:
+        """Start the session (after the PROXY header, if any, and `Handler.on_proxy`)."""
+        server, transport = self.server, self.transport
         if server.registry.full():
             transport.write(TOO_BUSY)
             transport.close()
+            if server.options.observer is not None:
+                server.options.observer.connection_refused("too-busy")
             return
         driver = new_session(
             server.handler,
@@ -48,17 +92,80 @@ class _Protocol(asyncio.Protocol):
             transport.get_extra_info("peername"),
             sleep=asyncio.sleep,
             ssl_object=transport.get_extra_info("ssl_object"),
+            proxy=info,
         )
+        if info is not None:
+            try:
+                pending = proxy_hook(server.handler, driver, info)
+            except Exception as exc:
+                return self._refuse("proxy-refused", f"on_proxy refused the client: {exc!r}")
+            if isinstance(pending, Awaitable):
+                transport.pause_reading()
+                server.spawn(self._proxy_hook_then_admit(pending, driver, remainder))
+                return
+        self._admit(driver, remainder)
+
+    def _admit(self, driver: SessionDriver, remainder: bytes) -> None:
         self.tracked = Tracked(driver, self.loop.time())
-        server.registry.sessions.add(self)
-        if server.options.dns_reverse_lookup:
+        self.server.registry.sessions.add(self)
+        if remainder:  # what followed the PROXY header is SMTP
+            driver.feed(remainder)
+        if self.server.options.dns_reverse_lookup:
             self._wait(self._resolve_then_pump())
         else:
             self._pump()
 
+    async def _proxy_hook_then_admit(
+        self, pending: Awaitable[Any], driver: SessionDriver, remainder: bytes
+    ) -> None:
+        try:
+            await pending
+        except Exception as exc:
+            return self._refuse("proxy-refused", f"on_proxy refused the client: {exc!r}")
+        if self.transport.is_closing():  # the client left meanwhile
+            return
+        if self.server.registry.stopping:
+            self.transport.write(TOO_BUSY)
+            self.transport.close()
+            return
+        self._admit(driver, remainder)  # resumes reading when the session reads
+
+    def _proxy_data(self, parser: ProxyHeaderParser, data: bytes) -> None:
+        try:
+            info = parser.feed(data)
+        except ProxyProtocolError as exc:
+            if data:
+                return self._refuse("proxy-malformed", f"bad PROXY header: {exc}")
+            return self._refuse("proxy-incomplete", "closed before its PROXY header ended")
+        if info is not None:
+            self._proxy_done()
+            self._begin(info, parser.remainder)
+
+    def _proxy_done(self) -> None:
+        self.proxy = None
+        self.server.awaiting_proxy.discard(self)
+        if self.proxy_timer is not None:
+            self.proxy_timer.cancel()
+            self.proxy_timer = None
+
+    def _proxy_late(self) -> None:
+        if self.proxy is not None:
+            timeout = self.server.options.proxy_timeout
+            self._refuse("proxy-timeout", f"no PROXY header in {timeout} s")
+
+    def _refuse(self, reason: str, detail: str) -> None:
+        """Close without a word: the peer is not (yet) an SMTP client."""
+        self._proxy_done()
+        server = self.server
+        peer = self.transport.get_extra_info("peername")
+        refuse_connection(server.handler, server.options, peer, reason, detail)
+        self.transport.abort()
+
     def data_received(self, data: bytes) -> None:
         tracked = self.tracked
         if tracked is None:
+            if self.proxy is not None:
+                self._proxy_data(self.proxy, data)
             return
         tracked.last_active = self.loop.time()
         if self.held is not None:
@@ -71,12 +178,17 @@ class _Protocol(asyncio.Protocol):
             self._pump()
 
     def eof_received(self) -> bool:
+        if self.proxy is not None:
+            self._proxy_data(self.proxy, b"")
+            return False
         self.data_received(b"")
         # Keep the write side open for the last replies; a TLS transport closes regardless
-        # (and warns if asked to keep it).
-        return self.transport.get_extra_info("sslcontext") is None
+        # (and warns if asked to keep it). Our own record of TLS: the transport may be gone.
+        return not (self.tracked is not None and self.tracked.driver.conn.tls_active)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.proxy is not None:
+            self._proxy_done()
         tracked = self.tracked
         if tracked is None:
             return
@@ -228,6 +340,8 @@ class Server:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._sweeper: asyncio.Task[None] | None = None
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set by start()
+        self.awaiting_proxy: set[_Protocol] = set()
+        """Connections whose PROXY header has not arrived yet (not sessions so far)."""
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
@@ -239,14 +353,17 @@ class Server:
         self.loop = loop = asyncio.get_running_loop()
         for listener in self.options.listeners:
             ssl_context = self.options.tls_context if listener.implicit_tls else None
+            where: dict[str, Any] = {"host": listener.host, "port": listener.port}
+            if listener.fd is not None:  # bound by a supervisor: adopt it
+                where = {"sock": socket.socket(fileno=listener.fd)}
+            else:
+                where["reuse_address"] = True
             server = await loop.create_server(
-                lambda: _Protocol(self),
-                listener.host,
-                listener.port,
+                lambda listener=listener: _Protocol(self, listener),
                 ssl=ssl_context,
                 ssl_handshake_timeout=self.options.tls_handshake_timeout if ssl_context else None,
-                reuse_address=True,
                 backlog=1024,
+                **where,
             )
             self._servers.append(server)
         self._sweeper = loop.create_task(self._sweep())
@@ -261,8 +378,12 @@ class Server:
         """Stop accepting; close idle sessions with 421 at once, let transactions finish for
         ``grace`` seconds, then send 421 to the rest (``grace=0``: immediately)."""
         self.registry.stopping = True
+        if self.options.observer is not None:
+            self.options.observer.stopping()
         for server in self._servers:
             server.close()
+        for waiting in list(self.awaiting_proxy):  # no session yet: nothing to say to them
+            waiting._refuse("stopping", "server stopping before the PROXY header")
         for session in self.registry.idle():
             session.shutdown()
         loop = asyncio.get_running_loop()

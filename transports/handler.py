@@ -22,6 +22,9 @@ from smtpcore import AuthAttempt, MailFrom, RcptTo, SmtpConnection
 from .errors import Smtp535Error, SmtpError
 
 if TYPE_CHECKING:
+    from smtpcore.proxy import ProxyInfo
+
+    from ._common import Proxied
     from .tls import TlsFacts
 
 __all__ = ["Handler", "Message", "Session"]
@@ -86,6 +89,10 @@ class Session:
     state: dict[str, Any] = field(default_factory=dict)
     """Free room for the application's own per-session data."""
     connection: SmtpConnection | None = field(default=None, repr=False)
+    proxy: Proxied | None = None
+    """On a ``proxy_protocol`` listener: the PROXY header (``proxy.info``) and the real peer,
+    i.e. the proxy (``proxy.peer_ip``, ``proxy.peer_port``); ``remote_ip``/``remote_port`` (and
+    ``local_ip``/``local_port``) are then the addresses the header named."""
 
     def _core(self) -> SmtpConnection:
         assert self.connection is not None, "session not attached to a connection yet"
@@ -134,6 +141,11 @@ class Handler:
     Every hook gets the `Session` first. Hooks may be ``async def`` under the async
     transports; under `transports.threads` they must be plain functions.
     """
+
+    def on_proxy(self, ctx: Session, info: ProxyInfo) -> MaybeAwaitable:
+        """A PROXY header arrived on a ``proxy_protocol`` listener (``ctx`` already holds the
+        addresses it named, and ``ctx.proxy`` the proxy's). Raise anything to close the
+        connection without a reply; the session (banner, `on_connect`) starts otherwise."""
 
     def on_connect(self, ctx: Session) -> MaybeAwaitable:
         """Before the banner. Raise `SmtpError` (421 or 554) to refuse the client."""

@@ -6,21 +6,40 @@ import logging
 import ssl
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from smtpcore import SmtpConfig, TlsMode
+from smtpcore.proxy import trusted
 
 from .tls import make_server_context
+
+if TYPE_CHECKING:
+    from .ops import Observer
 
 __all__ = ["Listener", "ServerOptions"]
 
 
 @dataclass(frozen=True, slots=True)
 class Listener:
-    """One address to listen on. ``implicit_tls`` makes it an SMTPS port (RFC 8314)."""
+    """One address to listen on. ``implicit_tls`` makes it an SMTPS port (RFC 8314).
+
+    ``proxy_protocol``: every connection starts with a PROXY protocol header (v1 or v2, as
+    HAProxy's ``send-proxy``/``send-proxy-v2`` write it) from one of the server's
+    ``trusted_proxies``; the session then sees the client the header names. Not with
+    ``implicit_tls`` (the header would precede the handshake): terminate TLS at the proxy, or
+    use STARTTLS behind it.
+
+    ``fd``: serve on this already bound and listening socket (inherited from a supervising
+    process, see `transports.workers`) instead of binding ``host``/``port``, which then only
+    describe it. The server takes the descriptor over and closes it when it stops (pass
+    ``sock.detach()``, not ``sock.fileno()``, for a socket object of your own).
+    """
 
     host: str = "127.0.0.1"
     port: int = 2525
     implicit_tls: bool = False
+    proxy_protocol: bool = False
+    fd: int | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -48,10 +67,33 @@ class ServerOptions:
     dns_reverse_lookup: bool = False
     read_size: int = 65536
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("smtpcore.server"))
+    trusted_proxies: tuple[str, ...] = ()
+    """CIDRs (or addresses) of the proxies allowed to send a PROXY header on a listener with
+    ``proxy_protocol``; a connection from anywhere else is closed without a reply."""
+    proxy_timeout: float = 10.0
+    """Seconds a PROXY header may take to arrive once connected."""
+    observer: Observer | None = None
+    """Told about sessions, messages, TLS handshakes... (see `transports.ops.Observer`); with
+    None (the default) nothing is counted and the transports do no extra work."""
 
     def __post_init__(self) -> None:
         if not self.listeners:
             raise ValueError("at least one listener is needed")
+        if isinstance(self.trusted_proxies, str):  # a lone CIDR would be iterated by character
+            object.__setattr__(self, "trusted_proxies", (self.trusted_proxies,))
+        trusted("127.0.0.1", self.trusted_proxies)  # ValueError now for a malformed CIDR
+        if self.proxy_timeout <= 0:
+            raise ValueError("proxy_timeout must be positive")
+        for listener in self.listeners:
+            if listener.proxy_protocol and listener.implicit_tls:
+                raise ValueError(
+                    "a listener cannot take both proxy_protocol and implicit_tls: terminate "
+                    "TLS at the proxy, or use STARTTLS behind it"
+                )
+        if any(listener.proxy_protocol for listener in self.listeners) and not (
+            self.trusted_proxies
+        ):
+            raise ValueError("proxy_protocol listeners need trusted_proxies (CIDRs)")
         if self.max_connections is not None and self.max_connections < 1:
             raise ValueError("max_connections must be at least 1 or None")
         for name in ("idle_timeout", "data_timeout"):

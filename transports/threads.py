@@ -5,6 +5,9 @@ server is built). Each session thread owns its socket and writes every byte itse
 stay in order without locks; other threads only raise flags that the session thread looks at
 between short ``recv`` slices. Reads never go through ``makefile()``: buffering ahead would
 swallow bytes sent after STARTTLS before the handshake (RFC 3207 §5 command injection).
+
+On a ``proxy_protocol`` listener the session thread first reads the PROXY header (within
+``proxy_timeout``) and creates the session only then, with the addresses it names.
 """
 
 from __future__ import annotations
@@ -18,7 +21,19 @@ from collections.abc import Awaitable, Coroutine
 from contextlib import suppress
 from typing import Any
 
-from ._common import TOO_BUSY, Registry, Tracked, check_sync_handler, new_session, reverse_names
+from smtpcore.proxy import ProxyHeaderParser, ProxyInfo, ProxyProtocolError
+
+from ._common import (
+    TOO_BUSY,
+    Registry,
+    Tracked,
+    check_sync_handler,
+    new_session,
+    proxy_hook,
+    proxy_peer_trusted,
+    refuse_connection,
+    reverse_names,
+)
 from ._driver import Action, SessionDriver
 from .handler import Handler
 from .options import Listener, ServerOptions
@@ -31,6 +46,8 @@ _SLICE = 0.2
 Closing a socket does not interrupt an ``accept``/``recv`` blocked in another thread."""
 _LAST_WORD = 1.0
 """Seconds sessions told to close at a stop get to write their 421 before we cut their socket."""
+_AFTER_ABORT = 0.2
+"""Seconds a session thread gets to notice its socket was closed under it."""
 
 
 def _action(step: Action | Awaitable[Action]) -> Action:
@@ -46,18 +63,26 @@ def _action(step: Action | Awaitable[Action]) -> Action:
 class _Connection:
     """One accepted socket and its thread; a session once TLS and the connection limit pass."""
 
-    __slots__ = ("closing", "lock", "peer", "server", "sock", "thread", "timeout", "tracked")
+    __slots__ = (
+        "closing",
+        "listener",
+        "lock",
+        "peer",
+        "server",
+        "sock",
+        "thread",
+        "timeout",
+        "tracked",
+    )
 
     def __init__(self, server: Server, sock: socket.socket, peer: Any, listener: Listener):
-        self.server, self.sock, self.peer = server, sock, peer
+        self.server, self.sock, self.peer, self.listener = server, sock, peer, listener
         self.lock = threading.Lock()  # held to swap or close sock: abort() never hits a reused fd
         self.tracked: Tracked | None = None  # set once admitted (Registry reads it)
         self.closing = False
         self.timeout = sock.gettimeout()
         name = f"smtpcore-session-{peer[0]}:{peer[1]}"
-        self.thread = threading.Thread(
-            target=self._run, args=(listener.implicit_tls,), name=name, daemon=True
-        )
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     # ---- called from the stopping thread
 
@@ -74,9 +99,9 @@ class _Connection:
 
     # ---- the connection's own thread
 
-    def _run(self, smtps: bool) -> None:
+    def _run(self) -> None:
         try:
-            if self._open(smtps):
+            if self._open():
                 self._serve()
         except OSError as exc:  # reset, broken pipe, write timeout: the peer is gone
             self._log(logging.DEBUG, f"connection lost: {exc!r}")
@@ -90,23 +115,99 @@ class _Connection:
             finally:  # only now: stop() must wait for on_disconnect too
                 self.server._forget(self)
 
-    def _open(self, smtps: bool) -> bool:
-        """TLS first on SMTPS ports, then the connection limit; False if the client is refused."""
-        server, ssl_object = self.server, None
-        if smtps:
+    def _open(self) -> bool:
+        """The PROXY header on PROXY listeners, TLS first on SMTPS ports, then the connection
+        limit; False if the client is refused."""
+        server, ssl_object, observer = self.server, None, self.server.options.observer
+        info, remainder = None, b""
+        if self.listener.proxy_protocol:
+            header = self._read_proxy_header()
+            if header is None:
+                return False
+            info, remainder = header
+        if self.listener.implicit_tls:
             try:
                 ssl_object = self._tls_handshake()
             except (OSError, ValueError) as exc:
                 self._log(logging.WARNING, f"TLS handshake failed: {exc}")
+                if observer is not None:
+                    observer.tls_handshake(False)
                 return False
         where = (self.sock.getsockname(), self.peer)
         driver = new_session(
-            server.handler, server.options, *where, sleep=time.sleep, ssl_object=ssl_object
+            server.handler,
+            server.options,
+            *where,
+            sleep=time.sleep,
+            ssl_object=ssl_object,
+            proxy=info,
         )
+        if info is not None and not self._proxy_hook(driver, info):
+            return False
         if server._admit(self, Tracked(driver, time.monotonic())):
+            if remainder:  # what followed the PROXY header is SMTP
+                driver.feed(remainder)
             return True
         self._send(TOO_BUSY)
+        if observer is not None:
+            observer.connection_refused("too-busy")
         return False
+
+    def _read_proxy_header(self) -> tuple[ProxyInfo, bytes] | None:
+        """The PROXY header and the bytes after it; None (logged) if the peer may not send
+        one, sends a bad one, or none within ``proxy_timeout``."""
+        options = self.server.options
+        if not proxy_peer_trusted(options, self.peer):
+            reason, detail = (
+                "proxy-untrusted",
+                "connection to a PROXY listener from an untrusted peer",
+            )
+        else:
+            parser = ProxyHeaderParser()
+            deadline = time.monotonic() + options.proxy_timeout
+            self._set_timeout(self.server.slice)
+            while True:
+                if self.closing or self.server.registry.stopping:
+                    reason, detail = "stopping", "server stopping before the PROXY header"
+                    break
+                if time.monotonic() > deadline:
+                    reason, detail = (
+                        "proxy-timeout",
+                        f"no PROXY header in {options.proxy_timeout} s",
+                    )
+                    break
+                try:
+                    data = self.sock.recv(options.read_size)
+                except TimeoutError:
+                    continue
+                try:
+                    info = parser.feed(data)
+                except ProxyProtocolError as exc:
+                    reason, detail = (
+                        ("proxy-malformed", f"bad PROXY header: {exc}")
+                        if data
+                        else ("proxy-incomplete", "closed before its PROXY header ended")
+                    )
+                    break
+                if info is not None:
+                    return info, parser.remainder
+        self._refuse(reason, detail)
+        return None
+
+    def _proxy_hook(self, driver: SessionDriver, info: ProxyInfo) -> bool:
+        """`Handler.on_proxy`: False (logged) if it refused the client."""
+        try:
+            result = proxy_hook(self.server.handler, driver, info)
+            if isinstance(result, Awaitable):
+                _action(result)  # closes it and raises TypeError
+        except Exception as exc:
+            self._refuse("proxy-refused", f"on_proxy refused the client: {exc!r}")
+            return False
+        return True
+
+    def _refuse(self, reason: str, detail: str) -> None:
+        server = self.server
+        refuse_connection(server.handler, server.options, self.peer, reason, detail)
 
     def _serve(self) -> None:
         assert self.tracked is not None
@@ -236,6 +337,9 @@ class Server:
         """Bind every listener (all addresses its host resolves to) and accept in threads."""
         try:
             for listener in self.options.listeners:
+                if listener.fd is not None:  # bound by a supervisor: adopt it
+                    self._sockets.append((socket.socket(fileno=listener.fd), listener))
+                    continue
                 infos = socket.getaddrinfo(
                     listener.host or None, listener.port, type=socket.SOCK_STREAM,
                     flags=socket.AI_PASSIVE,
@@ -262,8 +366,11 @@ class Server:
     def stop(self, grace: float = 5.0) -> None:
         """Stop accepting; close idle sessions with 421 at once, let transactions finish for
         ``grace`` seconds, then send 421 to the rest (``grace=0``: immediately). Blocks until
-        every thread has ended (hooks still running are waited for)."""
+        every session thread has ended, or is stuck in a hook past the deadline (then logged and
+        left behind: a daemon thread cannot be interrupted)."""
         self.registry.stopping = True  # idle sessions see it within one slice and close
+        if self.options.observer is not None:
+            self.options.observer.stopping()
         for thread in self._acceptors:
             thread.join()
         self._close_listeners()
@@ -279,7 +386,14 @@ class Server:
             connection.thread.join(max(0.0, last_word - time.monotonic()))
         for connection in connections:
             connection.abort()
-            connection.thread.join()
+            # A hook that never returns cannot be interrupted: its socket is closed, and after
+            # one more moment its (daemon) thread is left behind rather than blocking the stop.
+            connection.thread.join(_AFTER_ABORT)
+            if connection.thread.is_alive():
+                self.options.logger.error(
+                    "session thread %s still busy after the stop: left behind",
+                    connection.thread.name,
+                )
         self._stopped.set()
 
     def join(self, timeout: float | None = None) -> bool:

@@ -32,16 +32,6 @@ EHLO = b"EHLO client.test\r\n"
 MAIL = b"MAIL FROM:<sender@example.org>\r\n"
 RCPT = b"RCPT TO:<rcpt@example.net>\r\n"
 KNOWN_BUGS = {
-    "threads-stop-waits-for-hooks": (
-        "transports/threads.py Server.stop joins every session thread without a timeout: a "
-        "hook that never returns makes a graceful stop never return either"
-    ),
-    "tasks-stop-cuts-transaction": (
-        "transports/_tasks.py (trio, anyio): stop() calls shutdown() on sessions it sees idle, "
-        "which sets the sticky `closing` flag; a session whose MAIL/RCPT/DATA were already "
-        "received then answers 250/250/354 and, because `closing` is set, 421 in the middle "
-        "of DATA: a transaction that got its 354 is cut within the grace"
-    ),
     "reply-amplification": (
         "smtpcore/connection.py: next_event() parses every buffered command before the "
         "transport can write; 256 KiB of pipelined 'EHLO x' (asyncio's read size) queue 5 MB "

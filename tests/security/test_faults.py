@@ -19,7 +19,7 @@ from smtpcore import SmtpConfig, TlsMode
 from transports.handler import Session
 
 from . import figures
-from ._support import EHLO, KNOWN_BUGS, RCPT, Client, Recorder, client_hello, wait_until
+from ._support import EHLO, RCPT, Client, Recorder, client_hello, wait_until
 
 BODY = b"From: a@example.org\r\nSubject: %s\r\n\r\nbody line\r\n"
 
@@ -323,7 +323,6 @@ def test_threads_stop_is_bounded_with_a_hung_hook(
 ) -> None:
     """What a graceful stop should promise on every transport: done within grace + margin
     even when a hook does not return (the async transports pass this in the test above)."""
-    request.applymarker(pytest.mark.xfail(reason=KNOWN_BUGS["threads-stop-waits-for-hooks"]))
     handler = SyncHang()
     with serve(handler) as server:
         hung = start_hung_client(server.address, handler)

@@ -30,7 +30,7 @@ import pytest
 from transports.handler import Handler, Session
 
 from . import figures
-from ._support import KNOWN_BUGS, RCPT, Client
+from ._support import RCPT, Client
 
 N = int(os.environ.get("SMTPCORE_LOAD_N", "2000"))
 CONNECTIONS = 20
@@ -212,8 +212,6 @@ def test_every_acknowledged_message_is_on_disk_once(transport: str, serve, tmp_p
 def test_graceful_stop_during_load_finishes_started_transactions(
     transport: str, serve, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    if transport in ("trio", "anyio", "anyio-trio"):
-        request.applymarker(pytest.mark.xfail(reason=KNOWN_BUGS["tasks-stop-cuts-transaction"]))
     store = store_for(transport, tmp_path / "Maildir")
     outcome = Outcome()
     grace = 2.0
@@ -258,8 +256,6 @@ def test_graceful_stop_never_cuts_a_transaction_after_354(
 ) -> None:
     """The same race with a handler that costs nothing (sessions are rarely busy, so a stop
     often finds them between commands): three stops under 20 looping clients."""
-    if transport in ("trio", "anyio", "anyio-trio"):
-        request.applymarker(pytest.mark.xfail(reason=KNOWN_BUGS["tasks-stop-cuts-transaction"]))
     cut = 0
     for trial in range(3):
         outcome = Outcome()
