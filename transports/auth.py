@@ -22,7 +22,6 @@ limited by the core (``SmtpConfig.max_auth_failures``, then 421); nothing to do 
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import hashlib
@@ -31,13 +30,13 @@ import inspect
 import logging
 import os
 import secrets
-import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from smtpcore import AuthAttempt
 
+from ._blocking import event_loop_library, in_thread
 from .errors import Smtp535Error
 from .handler import Handler, MaybeAwaitable, Session
 
@@ -329,33 +328,6 @@ class Credentials:
         return self._decoy_hash
 
 
-def _event_loop_library() -> str | None:
-    """Name "asyncio" or "trio" if called from that event loop's thread, else None (threads)."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        pass
-    else:
-        return "asyncio"
-    trio = sys.modules.get("trio")
-    if trio is not None:
-        try:
-            trio.lowlevel.current_task()
-        except RuntimeError:
-            pass
-        else:
-            return "trio"
-    return None
-
-
-async def _in_worker_thread(library: str, function: Callable[[], bool]) -> bool:
-    if library == "trio":
-        import trio
-
-        return await trio.to_thread.run_sync(function)
-    return await asyncio.get_running_loop().run_in_executor(None, function)
-
-
 _HOOK_NAMES = tuple(name for name in vars(Handler) if name.startswith("on_") and name != "on_auth")
 
 
@@ -412,7 +384,7 @@ class AuthenticatingHandler(Handler):
         Returns an awaitable (the driver awaits it) when a scrypt check must leave the event
         loop; under the threads transport everything happens inline.
         """
-        library = _event_loop_library() if self.credentials.is_slow(attempt) else None
+        library = event_loop_library() if self.credentials.is_slow(attempt) else None
         if library is None:
             self._verdict(ctx, attempt, self.credentials.check(attempt))
             return self._authorize(ctx, authorization_id, authentication_id, password, attempt)
@@ -449,7 +421,7 @@ class AuthenticatingHandler(Handler):
         password: str | None,
         attempt: AuthAttempt,
     ) -> Any:
-        ok = await _in_worker_thread(library, lambda: self.credentials.check(attempt))
+        ok = await in_thread(library, lambda: self.credentials.check(attempt))
         self._verdict(ctx, attempt, ok)
         result = self._authorize(ctx, authorization_id, authentication_id, password, attempt)
         return await result if inspect.isawaitable(result) else result

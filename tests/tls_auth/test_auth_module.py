@@ -15,12 +15,12 @@ import pytest
 import trio
 
 from smtpcore import AuthAttempt, MailFrom
+from transports._blocking import event_loop_library
 from transports._common import check_sync_handler
 from transports.auth import (
     AuthenticatingHandler,
     Credentials,
     ScryptHash,
-    _event_loop_library,
     hash_password,
     verify_password,
 )
@@ -290,8 +290,8 @@ def test_scrypt_leaves_the_event_loop() -> None:
 
 def test_event_loop_library_detection() -> None:
     async def name() -> str | None:
-        return _event_loop_library()
+        return event_loop_library()
 
-    assert _event_loop_library() is None
+    assert event_loop_library() is None
     assert asyncio.run(name()) == "asyncio"
     assert trio.run(name) == "trio"

@@ -38,10 +38,9 @@ from types import ModuleType
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from transports._blocking import event_loop_library
 from transports.errors import Smtp451Error, SmtpError
 from transports.handler import Handler, Session
-
-from ._blocking import event_loop_library
 
 __all__ = ["DEFAULT_URL", "AmqpHandler", "envelope_of", "wait_for_hand_off"]
 

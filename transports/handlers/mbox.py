@@ -22,10 +22,10 @@ import stat
 import time
 from contextlib import suppress
 
+from transports._blocking import run_blocking
 from transports.errors import Smtp451Error
 from transports.handler import Handler, MaybeAwaitable, Session
 
-from ._blocking import run_blocking
 from ._files import fsync_directory, path_lock
 from .stored import StoredMessage
 from .trace import trace_headers

@@ -20,10 +20,10 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from contextlib import suppress
 
+from transports._blocking import run_blocking
 from transports.errors import SmtpError
 from transports.handler import Handler, MaybeAwaitable, Session
 
-from ._blocking import run_blocking
 from .stored import StoredMessage
 from .trace import trace_headers
 

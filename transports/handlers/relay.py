@@ -23,10 +23,10 @@ from collections.abc import Mapping, Sequence
 from contextlib import suppress
 
 from smtpcore import MailFrom
+from transports._blocking import run_blocking
 from transports.errors import SmtpError
 from transports.handler import Handler, MaybeAwaitable, Session
 
-from ._blocking import run_blocking
 from .stored import StoredMessage
 from .trace import trace_headers
 

@@ -30,10 +30,10 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
+from transports._blocking import run_blocking
 from transports.errors import SmtpError
 from transports.handler import Handler, MaybeAwaitable, Session
 
-from ._blocking import run_blocking
 from .stored import StoredMessage
 from .trace import protocol_keyword
 

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-__all__ = ["event_loop_library", "run_blocking"]
+__all__ = ["event_loop_library", "in_thread", "run_blocking"]
 
 T = TypeVar("T")
 
@@ -53,10 +53,11 @@ def run_blocking(function: Callable[[], T]) -> T | Awaitable[T]:
     library = event_loop_library()
     if library is None:
         return function()
-    return _in_thread(library, function)
+    return in_thread(library, function)
 
 
-async def _in_thread(library: str, function: Callable[[], T]) -> T:
+async def in_thread(library: str, function: Callable[[], T]) -> T:
+    """Run ``function`` in a worker thread of the named event loop library."""
     if library == "trio":
         import trio
 
