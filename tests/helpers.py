@@ -91,4 +91,14 @@ def content(events: list[Event]) -> bytes:
     return b"".join(e.data for e in events if isinstance(e, DataChunk))
 
 
-__all__ = ["Reply", "accept_all", "codes", "content", "feed", "merged", "pump", "replies", "session"]
+__all__ = [
+    "Reply",
+    "accept_all",
+    "codes",
+    "content",
+    "feed",
+    "merged",
+    "pump",
+    "replies",
+    "session",
+]
