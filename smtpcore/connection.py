@@ -197,6 +197,12 @@ class SmtpConnection:
         return self._message_size
 
     @property
+    def output_full(self) -> bool:
+        """True when `next_event` returned `NEED_DATA` to have the replies written before it
+        parses more: send `data_to_send()`, then call `next_event` again before reading."""
+        return len(self._outbox) >= OUTPUT_LIMIT
+
+    @property
     def error_count(self) -> int:
         return self._error_count
 
@@ -271,6 +277,9 @@ class SmtpConnection:
                 return PAUSED
             if state is _GREETING:
                 self._events.append(Greeting())
+            elif len(self._outbox) >= OUTPUT_LIMIT:
+                return NEED_DATA  # write first (see output_full): a client that never reads
+                # cannot make the core hold megabytes of replies
             elif (not self._received and state is not _BDAT_CHUNK) or not self._parse_some():
                 if not self._eof:
                     return NEED_DATA
@@ -993,6 +1002,8 @@ class SmtpConnection:
 
 
 _NO_ENVELOPE = Envelope()
+OUTPUT_LIMIT = 64 * 1024
+"""Octets of replies after which parsing waits until they are taken (see `output_full`)."""
 _CONTENT_EVENTS = (DataChunk, HeadersComplete)
 _ON_ACCEPT: dict[type, Callable[[SmtpConnection, Any, Reply | None, str | None], None]] = {
     Greeting: SmtpConnection._accepted_greeting,

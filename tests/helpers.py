@@ -23,11 +23,22 @@ def accept_all(conn: SmtpConnection, event: Event) -> None:
     conn.accept(event)
 
 
-def pump(conn: SmtpConnection, decide: Decider = accept_all) -> list[Event]:
-    """Take events until the core needs data or closes, answering decisions with ``decide``."""
+def pump(
+    conn: SmtpConnection, decide: Decider = accept_all, out: bytearray | None = None
+) -> list[Event]:
+    """Take events until the core needs data or closes, answering decisions with ``decide``.
+
+    When replies pile up (`SmtpConnection.output_full`) they are moved to ``out``, as a
+    transport would write them, and parsing goes on.
+    """
     events: list[Event] = []
     while True:
         event = conn.next_event()
+        if event is NEED_DATA and conn.output_full:
+            if out is None:
+                raise AssertionError("replies piled up: pass out= to collect them")
+            out += conn.data_to_send()
+            continue
         if event is NEED_DATA or event is PAUSED:
             return events
         assert isinstance(event, Event)
@@ -42,13 +53,14 @@ def feed(
     conn: SmtpConnection, chunks: Iterable[bytes], decide: Decider = accept_all
 ) -> tuple[list[Event], bytes]:
     """Feed each chunk in turn; return every event and every byte written."""
-    events = pump(conn, decide)
-    out = bytearray(conn.data_to_send())
+    out = bytearray()
+    events = pump(conn, decide, out)
+    out += conn.data_to_send()
     for chunk in chunks:
         if conn.closed:
             break
         conn.receive_data(chunk)
-        events += pump(conn, decide)
+        events += pump(conn, decide, out)
         out += conn.data_to_send()
     return events, bytes(out)
 

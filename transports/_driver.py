@@ -57,6 +57,8 @@ class Action(enum.Enum):
 
     READ = "read"
     """Read more bytes from the peer and `feed` them."""
+    FLUSH = "flush"
+    """Replies pile up: write them, then `pump` again before reading (backpressure)."""
     START_TLS = "start tls"
     """Run the server-side TLS handshake, then call `tls_started` or `tls_failed`."""
     CLOSE = "close"
@@ -201,7 +203,7 @@ class SessionDriver:
         while True:
             event = conn.next_event()
             if event is NEED_DATA:
-                return Action.READ
+                return Action.FLUSH if conn.output_full else Action.READ
             kind = type(event)
             if kind is DataChunk:
                 assert isinstance(event, DataChunk)

@@ -236,6 +236,8 @@ class _Session(Generic[StreamT]):
                     return
                 if action is Action.START_TLS:
                     await self._busy(self._start_tls())
+                elif action is Action.FLUSH:
+                    continue  # the replies are written: go on parsing what is buffered
                 elif self.closing or (registry.stopping and not driver.conn.in_transaction):
                     driver.shutdown()
                 else:

@@ -37,6 +37,7 @@ __all__ = ["Server"]
 
 class _Protocol(asyncio.Protocol):
     __slots__ = (
+        "flushing",
         "held",
         "listener",
         "loop",
@@ -52,6 +53,7 @@ class _Protocol(asyncio.Protocol):
         self.server = server
         self.listener = listener
         self.loop = server.loop
+        self.flushing = False  # replies piled up: pump again once the transport drained them
         self.tracked: Tracked | None = None
         self.transport: Any = None
         self.writing_paused = False
@@ -211,7 +213,11 @@ class _Protocol(asyncio.Protocol):
     def resume_writing(self) -> None:
         self.writing_paused = False
         if self.tracked is not None and not self.tracked.busy:
-            self.transport.resume_reading()
+            if self.flushing:
+                self.flushing = False
+                self._pump()
+            else:
+                self.transport.resume_reading()
 
     # ---- driving
 
@@ -261,11 +267,20 @@ class _Protocol(asyncio.Protocol):
                 self._pump()
             elif tracked.busy is False and not self.writing_paused:
                 self.transport.resume_reading()
+        elif action is Action.FLUSH:
+            if self.writing_paused:  # resume_writing goes on
+                self.flushing = True
+            else:
+                self.loop.call_soon(self._pump_again)
         elif action is Action.START_TLS:
             # Pause before yielding to the loop: the ClientHello must not reach data_received.
             self._wait(self._start_tls())
         else:
             self.transport.close()
+
+    def _pump_again(self) -> None:
+        if self.tracked is not None and not self.tracked.busy:
+            self._pump()
 
     async def _start_tls(self) -> None:
         tracked = self.tracked

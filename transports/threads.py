@@ -217,8 +217,9 @@ class _Connection:
         while (action := self._pump(driver)) is not Action.CLOSE:
             if action is Action.READ:
                 self._read(driver)
-            else:
+            elif action is Action.START_TLS:
                 self._start_tls(driver)
+            # FLUSH: the replies are written (sendall blocks): go on parsing what is buffered
 
     def _pump(self, driver: SessionDriver) -> Action:
         action = _action(driver.pump())

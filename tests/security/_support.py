@@ -31,14 +31,6 @@ TIMEOUT = 5.0
 EHLO = b"EHLO client.test\r\n"
 MAIL = b"MAIL FROM:<sender@example.org>\r\n"
 RCPT = b"RCPT TO:<rcpt@example.net>\r\n"
-KNOWN_BUGS = {
-    "reply-amplification": (
-        "smtpcore/connection.py: next_event() parses every buffered command before the "
-        "transport can write; 256 KiB of pipelined 'EHLO x' (asyncio's read size) queue 5 MB "
-        "of replies at once, so each client that never reads pins megabytes (~25x)"
-    ),
-}
-"""Bugs found by this suite and not fixed yet (tests that hit them are marked xfail)."""
 _REPLY_LINE = re.compile(rb"(\d{3})([ -])(.*)")
 
 # ---------------------------------------------------------------- clients
