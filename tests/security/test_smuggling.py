@@ -41,7 +41,7 @@ SMUGGLED = (
     b"MAIL FROM:<attacker@evil.example>\r\n"
     b"RCPT TO:<victim@example.net>\r\n"
     b"DATA\r\n"
-    b"From: ceo@example.net\r\nSubject: smuggled\r\n\r\nWire the money.\r\n"
+    b"From: boss@example.net\r\nSubject: smuggled\r\n\r\nWire the money.\r\n"
 )
 MODES = [CrlfMode.STRICT, CrlfMode.NORMALIZE, CrlfMode.LEAVE]
 

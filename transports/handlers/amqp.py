@@ -32,7 +32,7 @@ import logging
 import sys
 import threading
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Collection, Coroutine
 from queue import Empty, SimpleQueue
 from types import ModuleType
 from typing import Any
@@ -42,11 +42,25 @@ from transports._blocking import event_loop_library
 from transports.errors import Smtp451Error, SmtpError
 from transports.handler import Handler, Session
 
-__all__ = ["DEFAULT_URL", "AmqpHandler", "envelope_of", "wait_for_hand_off"]
+__all__ = ["DEFAULT_URL", "AmqpHandler", "envelope_of", "split_query", "wait_for_hand_off"]
 
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 _LOG = logging.getLogger("smtpcore.handlers.amqp")
 _OUR_QUERY_KEYS = ("exchange", "routing_key", "queue", "publish_timeout", "connect_timeout")
+
+
+def split_query(url: str, ours: Collection[str]) -> tuple[str, dict[str, str]]:
+    """Take the query parameters named in ``ours`` out of ``url`` (for a handler's options);
+    the rest stay in the URL for the client library."""
+    parts = urlsplit(url)
+    mine: dict[str, str] = {}
+    theirs: list[tuple[str, str]] = []
+    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        if key in ours:
+            mine[key] = value
+        else:
+            theirs.append((key, value))
+    return urlunsplit(parts._replace(query=urlencode(theirs))), mine
 
 
 def envelope_of(ctx: Session) -> dict[str, Any]:
@@ -125,15 +139,7 @@ class AmqpHandler(Handler):
         url = argument or DEFAULT_URL
         if url.startswith("//"):  # "--handler amqp://host" was split at its first colon
             url = "amqp:" + url
-        parts = urlsplit(url)
-        ours: dict[str, str] = {}
-        theirs: list[tuple[str, str]] = []
-        for key, value in parse_qsl(parts.query, keep_blank_values=True):
-            if key in _OUR_QUERY_KEYS:
-                ours[key] = value
-            else:
-                theirs.append((key, value))
-        clean = urlunsplit(parts._replace(query=urlencode(theirs)))
+        clean, ours = split_query(url, _OUR_QUERY_KEYS)
         try:
             return cls(
                 clean,

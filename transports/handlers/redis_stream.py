@@ -30,11 +30,10 @@ import json
 from collections.abc import Coroutine
 from types import ModuleType
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from transports.handler import Handler, Session
 
-from .amqp import envelope_of, wait_for_hand_off
+from .amqp import envelope_of, split_query, wait_for_hand_off
 
 __all__ = ["DEFAULT_URL", "RedisStreamHandler"]
 
@@ -99,15 +98,7 @@ class RedisStreamHandler(Handler):
         url = argument or DEFAULT_URL
         if url.startswith("//"):  # "--handler redis://host" was split at its first colon
             url = "redis:" + url
-        parts = urlsplit(url)
-        ours: dict[str, str] = {}
-        theirs: list[tuple[str, str]] = []
-        for key, value in parse_qsl(parts.query, keep_blank_values=True):
-            if key in _OUR_QUERY_KEYS:
-                ours[key] = value
-            else:
-                theirs.append((key, value))
-        clean = urlunsplit(parts._replace(query=urlencode(theirs)))
+        clean, ours = split_query(url, _OUR_QUERY_KEYS)
         try:
             maxlen = ours.get("maxlen")
             return cls(

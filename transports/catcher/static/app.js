@@ -40,7 +40,7 @@
     }
     for (const child of children) {
       if (child === null || child === undefined) continue;
-      node.append(child instanceof Node ? child : String(child));
+      node.append(child && child.nodeType ? child : String(child));
     }
     return node;
   }
