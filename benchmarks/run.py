@@ -57,6 +57,7 @@ from types import FrameType
 if __package__ in (None, ""):  # run as a script: make the package importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.core_bench import cpu_model, load_average
 from benchmarks.loadgen import (
     CACHE_DIR,
     GENERATORS,
@@ -655,25 +656,6 @@ def notes(res: Results) -> list[str]:
 
 
 # ---------------------------------------------------------------------------- environment
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def load_average() -> str:
-    try:
-        with open("/proc/loadavg", encoding="ascii") as f:
-            return " ".join(f.read().split()[:3])
-    except OSError:
-        return "unknown"
 
 
 def version_of(dist: str) -> str:
