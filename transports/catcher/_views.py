@@ -93,10 +93,8 @@ def rfc3339(moment: datetime) -> str:
     return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
 
 
-def message_summary(message: StoredMessage) -> JSON:
-    """One row of ``GET /api/v1/messages`` (Mailpit's ``MessageSummary``, plus ``Envelope``)."""
-    parsed = message.email
-    body = _body(parsed)
+def _common_fields(message: StoredMessage, parsed: EmailMessage) -> dict[str, Any]:
+    """What a summary and a full message both show: ids, addresses, subject, times, size."""
     to, cc = address_list(parsed, "to"), address_list(parsed, "cc")
     return {
         "ID": message.id,
@@ -111,6 +109,15 @@ def message_summary(message: StoredMessage) -> JSON:
         "Date": rfc3339(_date(parsed) or message.received_at),
         "Tags": _tags(parsed),
         "Size": message.size,
+    }
+
+
+def message_summary(message: StoredMessage) -> JSON:
+    """One row of ``GET /api/v1/messages`` (Mailpit's ``MessageSummary``, plus ``Envelope``)."""
+    parsed = message.email
+    body = _body(parsed)
+    return {
+        **_common_fields(message, parsed),
         "Attachments": sum(1 for part in body.parts if not part.inline),
         "Snippet": _snippet(body),
         "Envelope": {"From": message.sender, "To": list(message.recipients)},
@@ -121,23 +128,11 @@ def message_detail(message: StoredMessage) -> JSON:
     """``GET /api/v1/message/{ID}`` (Mailpit's ``Message``, plus ``Headers`` and ``Envelope``)."""
     parsed = message.email
     body = _body(parsed)
-    to, cc = address_list(parsed, "to"), address_list(parsed, "cc")
     return {
-        "ID": message.id,
-        "MessageID": _message_id(parsed),
-        "From": _first(address_list(parsed, "from")),
-        "To": to,
-        "Cc": cc,
-        "Bcc": _bcc(message, to, cc),
-        "ReplyTo": address_list(parsed, "reply-to"),
+        **_common_fields(message, parsed),
         "ReturnPath": message.sender,
-        "Subject": message.subject or "",
-        "Created": rfc3339(message.received_at),
-        "Date": rfc3339(_date(parsed) or message.received_at),
-        "Tags": _tags(parsed),
         "Text": body.text,
         "HTML": body.html,
-        "Size": message.size,
         "Inline": [part.describe() for part in body.parts if part.inline],
         "Attachments": [part.describe() for part in body.parts if not part.inline],
         "Headers": message_headers(message),
