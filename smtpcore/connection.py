@@ -489,8 +489,6 @@ class SmtpConnection:
         """
         if self._state is _CLOSED:
             return
-        if isinstance(self._pending, MessageComplete):
-            self._events.append(MessageAborted(reason=reason.value, reply=reply))
         self._pending = None
         if reply is not None and self._state is not _TLS_HANDSHAKE:
             self._send(reply)

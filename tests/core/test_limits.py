@@ -169,6 +169,7 @@ def test_close_while_the_message_decision_is_pending() -> None:
     conn.close()
     assert conn.pending is None
     assert isinstance(conn.next_event(), MessageAborted)
+    assert isinstance(conn.next_event(), ConnectionClosed)  # the message is aborted once
     assert conn.data_to_send().decode() == SHUTDOWN + "\r\n"
 
 
