@@ -1,6 +1,6 @@
 """Benchmark every smtpcore transport against aiosmtpd, one server after the other, in one run.
 
-    python -m benchmarks.run [--quick] [--only NAMES] [--generators NAMES] [--reconnect]
+    python -m benchmarks.run [--quick] [--only NAMES] [--generators NAMES]
     python -m benchmarks.run --profile NAME [--profile-seconds S]
 
 Each server runs as a subprocess on 127.0.0.1 with a sink handler (aiosmtpd 1.4.6 with
@@ -10,8 +10,9 @@ when it can be had, and the Python generator of `benchmarks.loadgen` (pipelined:
 trip per message). For each server and generator it measures
 
 * msgs/s for 1 KiB messages at 1, 10 and 50 sessions (each session kept open for many
-  messages);
-* the server's CPU seconds per 10,000 messages (user+system from /proc, 50-session run);
+  messages), and at 50 sessions with a new connection per message (smtp-source's default
+  way of sending, which includes connection setup and teardown in every message);
+* the server's CPU seconds per 10,000 messages (user+system from /proc, 50-session runs);
 * MiB/s for 10 MiB messages (one session, a few messages);
 
 and, once per server, on a freshly started one before any load, the server's RSS growth per
@@ -19,12 +20,16 @@ idle connection (500 connections that have read their greeting). Every ratio com
 server with aiosmtpd measured by the same generator in the same run, so the table stays
 meaningful on a machine that is slower or busier than the one that set the targets.
 
+Beside them run the bare-bones servers of `benchmarks.bare` (canned replies, no SMTP logic)
+on asyncio, uvloop, trio and threads: how far each event loop lets any server go on this
+machine. The targets table prints each transport's ratio next to its loop's ceiling.
+
 A full run makes two rounds over all servers (each server started afresh per round) and
 keeps each figure's best: highest rate, lowest CPU per message, lowest memory. Errors,
 time caps and an unsaturated server (one that used well under a core: the generator or the
 round trips, not the server, set the pace) are noted below the table. The full run takes
-about 3-5 minutes (hard budget ~6), ``--quick`` (one round, fewer messages) about a minute
-(hard budget ~90 s). Results also go to ``benchmarks/results.md`` as Markdown.
+about 8-12 minutes (hard budget 15), ``--quick`` (one round, fewer messages) about 3
+(hard budget 4). Results also go to ``benchmarks/results.md`` as Markdown.
 
 ``--profile NAME`` instead runs one server under cProfile (every thread profiled) while the
 50-session load runs for a few seconds, then prints where the server's time went.
@@ -92,18 +97,23 @@ BUSY_MACHINE = 0.15
 
 @dataclass(frozen=True)
 class ServerSpec:
-    """One server under test: aiosmtpd (``transport`` None) or an ``smtpcore serve``."""
+    """One server under test: aiosmtpd (``transport`` None), an ``smtpcore serve``, or a
+    bare-bones ceiling of `benchmarks.bare` (``bare``)."""
 
     name: str
     transport: str | None
     loop: str = "asyncio"
     needs: tuple[str, ...] = ()
     """Modules that must be importable, else the server is skipped (with a note)."""
+    bare: bool = False
 
     def module_argv(self, port: int) -> list[str]:
         """``[module, *args]``: what follows ``python -m`` to run this server."""
         if self.transport is None:
             return aiosmtpd_command(port, HOST)[2:]
+        if self.bare:
+            loop = self.transport if self.loop == "asyncio" else self.loop
+            return ["benchmarks.bare", loop, "--host", HOST, "--port", str(port)]
         argv = ["transports.cli", "serve", "--transport", self.transport]
         if self.loop != "asyncio":
             argv += ["--loop", self.loop]
@@ -124,8 +134,22 @@ SERVERS = [
     ServerSpec("trio", "trio", needs=("trio",)),
     ServerSpec("anyio", "anyio", needs=("anyio",)),
     ServerSpec("anyio+uvloop", "anyio", "uvloop", ("anyio", "uvloop")),
+    ServerSpec("bare asyncio", "asyncio", bare=True),
+    ServerSpec("bare uvloop", "asyncio", "uvloop", ("uvloop",), bare=True),
+    ServerSpec("bare trio", "trio", needs=("trio",), bare=True),
+    ServerSpec("bare threads", "threads", bare=True),
 ]
 SERVER_NAMES = [s.name for s in SERVERS]
+BARE = {s.name for s in SERVERS if s.bare}
+CEILING = {
+    "threads": "bare threads",
+    "asyncio": "bare asyncio",
+    "asyncio+uvloop": "bare uvloop",
+    "trio": "bare trio",
+    "anyio": "bare asyncio",
+    "anyio+uvloop": "bare uvloop",
+}
+"""The bare-bones server on the same event loop: the most any server there can reach."""
 
 
 # ---------------------------------------------------------------------------- workloads
@@ -158,31 +182,28 @@ class Plan:
     idle_settle: float
 
 
-def make_plan(quick: bool, reconnect: bool) -> Plan:
+def make_plan(quick: bool) -> Plan:
     m1, m10, m50, big = (1_500, 3_000, 5_000, 8) if quick else (3_000, 5_000, 10_000, 20)
-    workloads = [
+    workloads = (
         Workload("s1", "1 KiB, 1 session", "msgs/s @1", 1, m1, KIB),
         Workload("s10", "1 KiB, 10 sessions", "msgs/s @10", 10, m10, KIB),
         Workload("s50", "1 KiB, 50 sessions", "msgs/s @50", 50, m50, KIB),
+        Workload(
+            "conn",
+            "1 KiB, 50 sessions, conn/msg",
+            "msgs/s @50 conn/msg",
+            50,
+            m50 // 2,
+            KIB,
+            reconnect=True,
+        ),
         Workload("big", "10 MiB, 1 session", "MiB/s 10 MiB", 1, big, 10 * MIB),
-    ]
-    if reconnect:
-        workloads.append(
-            Workload(
-                "conn",
-                "1 KiB, 50 sessions, conn/msg",
-                "msgs/s @50 conn/msg",
-                50,
-                m50 // 2,
-                KIB,
-                reconnect=True,
-            )
-        )
+    )
     return Plan(
         rounds=1 if quick else 2,
-        workloads=tuple(workloads),
+        workloads=workloads,
         time_cap=5.0 if quick else 12.0,
-        budget=75.0 if quick else 320.0,
+        budget=240.0 if quick else 900.0,
         warmup_messages=300 if quick else 600,
         idle_connections=500,
         idle_settle=0.5 if quick else 1.0,
@@ -254,9 +275,9 @@ class Results:
         pool = [m for m in found if m.clean] or found
         return max(pool, key=lambda m: m.result.msgs_per_s, default=None)
 
-    def best_cpu(self, server: str, generator: str) -> Measurement | None:
-        """Lowest CPU per message among the clean 50-session runs."""
-        pool = [m for m in self.of(server, generator, "s50") if m.clean]
+    def best_cpu(self, server: str, generator: str, key: str = "s50") -> Measurement | None:
+        """Lowest CPU per message among the clean runs of workload ``key``."""
+        pool = [m for m in self.of(server, generator, key) if m.clean]
         return min(pool, key=lambda m: m.cpu_per_10k, default=None)
 
     def idle_kb(self, server: str) -> float | None:
@@ -435,7 +456,8 @@ def last_line(text: str) -> str:
 @dataclass(frozen=True)
 class Target:
     metric: str
-    """s1/s10/s50 (msgs/s ratio), cpu (aiosmtpd CPU/ours), big (MiB/s ratio), idle (KB)."""
+    """A workload key (msgs/s or MiB/s ratio), ``cpu:KEY`` (aiosmtpd CPU/ours in that
+    workload), or idle (KB)."""
     label: str
     value: float
 
@@ -443,7 +465,9 @@ class Target:
 def ratio_targets(factor: float) -> list[Target]:
     return [
         Target("s50", f"msgs/s @50 >= {factor:g}x", factor),
-        Target("cpu", f"CPU/msg >= {factor:g}x less", factor),
+        Target("conn", f"msgs/s @50 conn/msg >= {factor:g}x", factor),
+        Target("cpu:s50", f"CPU/msg @50 >= {factor:g}x less", factor),
+        Target("cpu:conn", f"CPU/msg @50 conn/msg >= {factor:g}x less", factor),
         Target("big", f"MiB/s >= {factor:g}x", factor),
     ]
 
@@ -460,8 +484,9 @@ TARGETS: dict[str, list[Target]] = {
 
 def ratio(res: Results, server: str, gen: str, metric: str) -> float | None:
     """Ours relative to aiosmtpd, same generator, same run (higher is better)."""
-    if metric == "cpu":
-        ours, ref = res.best_cpu(server, gen), res.best_cpu(REFERENCE, gen)
+    if metric.startswith("cpu"):
+        key = metric.partition(":")[2] or "s50"
+        ours, ref = res.best_cpu(server, gen, key), res.best_cpu(REFERENCE, gen, key)
         if ours is None or ref is None or ours.cpu_per_10k <= 0:
             return None
         return ref.cpu_per_10k / ours.cpu_per_10k
@@ -514,7 +539,7 @@ def generator_table(res: Results, gen: str, plan: Plan) -> Table:
     header = ["server"]
     for w in plan.workloads:
         header += [w.column, "vs aio"]
-    header += ["CPU-s/10k msgs @50", "aio/ours"]
+    header += ["CPU-s/10k msgs @50", "aio/ours", "CPU-s/10k conn/msg", "aio/ours"]
     table = Table(f"Generator: {gen}", header)
     for server in res.servers:
         if server in res.failures and not any(m.server == server for m in res.runs):
@@ -529,11 +554,12 @@ def generator_table(res: Results, gen: str, plan: Plan) -> Table:
             value = m.result.mib_per_s if key == "big" else m.result.msgs_per_s
             text = f"{value:,.1f}" if key == "big" else f"{value:,.0f}"
             row += [text + mark(m), fmt_x(ratio(res, server, gen, key))]
-        cpu = res.best_cpu(server, gen)
-        row += [
-            "-" if cpu is None else f"{cpu.cpu_per_10k:.2f}",
-            fmt_x(ratio(res, server, gen, "cpu")),
-        ]
+        for key in ("s50", "conn"):
+            cpu = res.best_cpu(server, gen, key)
+            row += [
+                "-" if cpu is None else f"{cpu.cpu_per_10k:.2f}",
+                fmt_x(ratio(res, server, gen, f"cpu:{key}")),
+            ]
         table.rows.append(row)
     return table
 
@@ -552,7 +578,11 @@ def idle_table(res: Results, n: int) -> Table:
 
 
 def target_table(res: Results) -> Table:
-    table = Table("Targets (ratios to aiosmtpd in this run)", ["server", "target"])
+    """Each target's ratio, with the bare-bones server of the same loop in brackets."""
+    table = Table(
+        "Targets (ratios to aiosmtpd in this run; in brackets: the bare-bones ceiling)",
+        ["server", "target"],
+    )
     table.header += [*res.generators, "verdict"]
     for server in res.servers:
         for target in TARGETS.get(server, []):
@@ -567,7 +597,8 @@ def target_table(res: Results) -> Table:
             else:
                 for gen in res.generators:
                     r = ratio(res, server, gen, target.metric)
-                    cells.append(fmt_x(r))
+                    ceiling = ratio(res, CEILING[server], gen, target.metric)
+                    cells.append(fmt_x(r) + ("" if ceiling is None else f" ({fmt_x(ceiling)})"))
                     if r is not None:
                         met.append(r >= target.value)
             verdict = (
@@ -630,7 +661,9 @@ def notes(res: Results) -> list[str]:
         for gen in res.generators:
             for key in ("s10", "s50", "big"):
                 best = res.best(server, gen, key)
-                if best is None or server == "threads" or best.util >= UNSATURATED:
+                if best is None or "threads" in server or best.util >= UNSATURATED:
+                    continue
+                if server in BARE:  # a ceiling: latency-bound by design
                     continue
                 what = f"{server} / {gen} / {best.workload.column}"
                 if best.machine_idle < BUSY_MACHINE:
@@ -691,7 +724,10 @@ def describe_generator(gen: str, binary: Path | None) -> str:
         f"from {debs[-1].name}" if binary and binary.is_relative_to(CACHE_DIR) and debs
         else str(binary)
     )  # fmt: skip
-    return f"smtp-source: Postfix's C tool ({origin}; HELO, no pipelining, -d sessions kept open)"
+    return (
+        f"smtp-source: Postfix's C tool ({origin}; HELO, no pipelining;"
+        " -d sessions kept open but for conn/msg)"
+    )
 
 
 @dataclass
@@ -746,12 +782,16 @@ def header_lines(env: Environment, plan: Plan) -> list[str]:
 
 
 LEGEND = [
-    "@N: N sessions, each kept open for many 1 KiB messages; MiB/s 10 MiB: one session.",
+    "@N: N sessions, each kept open for many 1 KiB messages; conn/msg: a new connection for"
+    " every message (connect, greeting, HELO, MAIL, RCPT, DATA, QUIT); MiB/s 10 MiB: one"
+    " session.",
+    "bare *: canned replies and no SMTP logic (benchmarks/bare.py): what the event loop alone"
+    " allows on this machine, not an SMTP server.",
     "vs aio: our rate / aiosmtpd's with the same generator; aio/ours: aiosmtpd's CPU per"
     " message / ours (both > 1 when we are better).",
     "! = some messages failed in that run; ~ = stopped by the time cap (rate still valid).",
-    "CPU-s/10k msgs: the server process's user+system CPU (/proc) per 10,000 accepted"
-    " messages in the 50-session run.",
+    "CPU-s/10k: the server process's user+system CPU (/proc) per 10,000 accepted"
+    " messages in the 50-session runs.",
 ]
 
 
@@ -891,11 +931,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated load generators (default: smtp-source,python)",
     )
     parser.add_argument(
-        "--reconnect",
-        action="store_true",
-        help="also measure 1 KiB with a new connection per message (50 sessions)",
-    )
-    parser.add_argument(
         "--output", type=Path, default=RESULTS, help=f"Markdown file (default: {RESULTS})"
     )
     parser.add_argument(
@@ -961,7 +996,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 absent.append(f"{spec.name} (missing {', '.join(missing)})")
             else:
                 servers.append(spec)
-    plan = make_plan(args.quick, args.reconnect)
+    plan = make_plan(args.quick)
     env = environment(gens, binary, args_list)
     for line in header_lines(env, plan):
         print(line)
