@@ -6,6 +6,14 @@ stay in order without locks; other threads only raise flags that the session thr
 between short ``recv`` slices. Reads never go through ``makefile()``: buffering ahead would
 swallow bytes sent after STARTTLS before the handshake (RFC 3207 §5 command injection).
 
+The slices cost nothing per round trip on plain sockets under Linux: the socket stays blocking
+and the kernel ends a ``recv``/``send`` after one slice (``SO_RCVTIMEO``/``SO_SNDTIMEO``), so a
+command and its reply take one ``recv`` and one ``send``. A Python socket timeout would add a
+``poll`` before each, and switching timeouts between reads and writes an ``ioctl``; each of
+those syscalls also hands the GIL over, which is what costs most with many sessions. TLS
+sockets (whose ``SSL_read`` would retry a kernel timeout by itself) and other platforms keep a
+Python timeout of one slice instead, set once.
+
 On a ``proxy_protocol`` listener the session thread first reads the PROXY header (within
 ``proxy_timeout``) and creates the session only then, with the addresses it names.
 """
@@ -15,6 +23,8 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
+import struct
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Coroutine
@@ -42,8 +52,11 @@ from .tls import tls_facts
 __all__ = ["Server"]
 
 _SLICE = 0.2
-"""Longest blocking wait (accept or recv): how late a thread may notice a stop or a timeout.
-Closing a socket does not interrupt an ``accept``/``recv`` blocked in another thread."""
+"""Longest blocking wait (accept, recv or send): how late a thread may notice a stop or a
+timeout. Closing a socket does not interrupt an ``accept``/``recv`` blocked in another thread."""
+_SLICED = (TimeoutError, BlockingIOError)
+"""What a read or write raises when a slice passed: a Python socket timeout, or (EAGAIN) the
+kernel's ``SO_RCVTIMEO``/``SO_SNDTIMEO``."""
 _LAST_WORD = 1.0
 """Seconds sessions told to close at a stop get to write their 421 before we cut their socket."""
 _AFTER_ABORT = 0.2
@@ -71,7 +84,6 @@ class _Connection:
         "server",
         "sock",
         "thread",
-        "timeout",
         "tracked",
     )
 
@@ -80,7 +92,6 @@ class _Connection:
         self.lock = threading.Lock()  # held to swap or close sock: abort() never hits a reused fd
         self.tracked: Tracked | None = None  # set once admitted (Registry reads it)
         self.closing = False
-        self.timeout = sock.gettimeout()
         name = f"smtpcore-session-{peer[0]}:{peer[1]}"
         self.thread = threading.Thread(target=self._run, name=name, daemon=True)
 
@@ -120,6 +131,7 @@ class _Connection:
         limit; False if the client is refused."""
         server, ssl_object, observer = self.server, None, self.server.options.observer
         info, remainder = None, b""
+        self._use_slices()
         if self.listener.proxy_protocol:
             header = self._read_proxy_header()
             if header is None:
@@ -165,7 +177,6 @@ class _Connection:
         else:
             parser = ProxyHeaderParser()
             deadline = time.monotonic() + options.proxy_timeout
-            self._set_timeout(self.server.slice)
             while True:
                 if self.closing or self.server.registry.stopping:
                     reason, detail = "stopping", "server stopping before the PROXY header"
@@ -178,7 +189,7 @@ class _Connection:
                     break
                 try:
                     data = self.sock.recv(options.read_size)
-                except TimeoutError:
+                except _SLICED:
                     continue
                 try:
                     info = parser.feed(data)
@@ -232,19 +243,19 @@ class _Connection:
         """Wait for bytes in short slices, checking the stop flags and the timeouts between."""
         options, tracked = self.server.options, self.tracked
         assert tracked is not None
-        tracked.last_active = time.monotonic()  # silence counts from when a command is awaited
-        self._set_timeout(self.server.slice)
+        # Silence counts from when a command is awaited.
+        now = tracked.last_active = time.monotonic()
         while True:
             # Checked here, between reads, rather than by the stopping thread: a command that
             # just arrived is never cut, and a transaction that has just ended is closed.
             if self.closing or (self.server.registry.stopping and not driver.conn.in_transaction):
                 return driver.shutdown()
-            if tracked.expired(time.monotonic(), options):
+            if tracked.expired(now, options):
                 return driver.timed_out()
             try:
                 return driver.feed(self.sock.recv(options.read_size))
-            except TimeoutError:
-                continue
+            except _SLICED:
+                now = time.monotonic()
 
     def _start_tls(self, driver: SessionDriver) -> None:
         try:
@@ -262,19 +273,39 @@ class _Connection:
             self.sock = tls = context.wrap_socket(
                 self.sock, server_side=True, do_handshake_on_connect=False
             )
-        self._set_timeout(self.server.options.tls_handshake_timeout)
+        tls.settimeout(self.server.options.tls_handshake_timeout)
         tls.do_handshake()
+        self._use_slices()
         return tls
 
-    def _send(self, data: bytes) -> None:
-        """Write it all; a peer that reads nothing for ``idle_timeout`` counts as gone."""
-        self._set_timeout(self.server.options.idle_timeout)
-        self.sock.sendall(data)
+    def _use_slices(self) -> None:
+        """Make every ``recv``/``send`` of the socket give up after one slice: by the kernel on
+        a plain socket under Linux (no syscall per call), else by a Python timeout."""
+        sock, seconds = self.sock, self.server.slice
+        if sys.platform == "linux" and not isinstance(sock, ssl.SSLSocket):
+            timeval = struct.pack("ll", int(seconds), int(seconds % 1 * 1e6))
+            try:
+                if sock.gettimeout() is not None:  # accept() left it blocking, unless a
+                    sock.settimeout(None)  # default timeout is set (socket.setdefaulttimeout)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
+                return
+            except OSError:  # e.g. a 32-bit build whose timeval is not two longs
+                pass
+        sock.settimeout(seconds)
 
-    def _set_timeout(self, timeout: float | None) -> None:
-        if timeout != self.timeout:  # settimeout is a syscall; most calls would change nothing
-            self.sock.settimeout(timeout)
-            self.timeout = timeout
+    def _send(self, data: bytes) -> None:
+        """Write it all; a peer that reads nothing for ``idle_timeout`` counts as gone. Not
+        ``sendall``: a slice that ends after part of the data would lose how much went out."""
+        view, stalled, idle = memoryview(data), 0, self.server.options.idle_timeout
+        while view:
+            try:
+                view = view[self.sock.send(view) :]
+                stalled = 0
+            except _SLICED:  # a whole slice without progress
+                stalled += 1
+                if idle is not None and stalled * self.server.slice > idle:
+                    raise TimeoutError(f"no reply read for {idle} s") from None
 
     def _close(self) -> None:
         with self.lock:
