@@ -61,9 +61,6 @@ class Resource(Protocol):
 class Scope(Protocol):
     """A cancel scope (`trio.CancelScope`, `anyio.CancelScope`)."""
 
-    @property
-    def cancelled_caught(self) -> bool: ...
-
     def cancel(self) -> None: ...
 
     def __enter__(self) -> object: ...
@@ -118,7 +115,7 @@ class Backend(ABC, Generic[StreamT, ListenerT]):
     async def sleep(self, seconds: float) -> None: ...
 
     @abstractmethod
-    def cancel_scope(self, *, deadline: float = math.inf, shield: bool = False) -> Scope: ...
+    def cancel_scope(self, *, shield: bool = False) -> Scope: ...
 
     @abstractmethod
     def move_on_after(self, seconds: float) -> Scope: ...
@@ -162,11 +159,13 @@ class Backend(ABC, Generic[StreamT, ListenerT]):
         """(sockname, peername) of an accepted stream; `OSError` if the client is gone."""
 
     @abstractmethod
-    async def receive(self, stream: StreamT, max_bytes: int) -> bytes:
-        """Up to ``max_bytes``; ``b""`` (or one of `gone`) at EOF."""
+    def receiver(self, stream: StreamT) -> Callable[[int], Awaitable[bytes]]:
+        """Read up to so many bytes; ``b""`` (or one of `gone`) at EOF. The stream's own bound
+        method where it returns `bytes`: a wrapper would cost a call per read."""
 
     @abstractmethod
-    async def send(self, stream: StreamT, data: bytes) -> None: ...
+    def sender(self, stream: StreamT) -> Callable[[bytes], Awaitable[None]]:
+        """Send all of it (the stream's own bound method)."""
 
     @abstractmethod
     async def aclose_forcefully(self, stream: StreamT) -> None: ...
@@ -197,21 +196,55 @@ async def _handshake(
     raise TimeoutError(f"no handshake in {timeout} s")
 
 
-class _Session(Generic[StreamT]):
-    """One connection's task. `shutdown` (from `TaskServer.stop`) cancels a pending read only,
-    so the session itself writes the 421 and a running hook is not cut short (until a forced
-    stop cancels the task after `_FLUSH`)."""
+_READ, _SEND = "read", "send"
+"""What a session waits for (`_Session.waiting`)."""
 
-    __slots__ = ("closing", "end", "reading", "server", "stream", "tracked", "woken")
+
+class _Session(Generic[StreamT]):
+    """One connection's task. `shutdown` (from `TaskServer.stop`) interrupts a pending read
+    only, so the session itself writes the 421 and a running hook is not cut short (until a
+    forced stop cancels the task after `_FLUSH`).
+
+    Timeouts cost a clock reading per read: a read or send has a `deadline` (the sweep sets a
+    send's), and the server's `TaskServer._sweep` interrupts it once that has passed. To
+    interrupt is to cancel `scope`, the session's one cancel scope (a new one after each
+    interruption it survives): a cancel scope with a deadline per read and per send (trio's
+    deadline heap, asyncio timers) cost more than all the rest the transport does per message."""
+
+    __slots__ = (
+        "closing",
+        "deadline",
+        "end",
+        "interrupted",
+        "receive",
+        "scope",
+        "send",
+        "server",
+        "stream",
+        "tracked",
+        "waiting",
+        "woken",
+    )
 
     def __init__(self, server: TaskServer[StreamT, Any], stream: StreamT, tracked: Tracked):
         self.server = server
-        self.stream = stream
         self.tracked = tracked
         self.closing = False
         self.woken = False
         self.end = CloseReason.SERVER_CLOSED  # if the core did not end the session itself
-        self.reading: Scope | None = None
+        self.waiting: str | None = None
+        """`_READ` or `_SEND` while the session awaits one, else None."""
+        self.deadline = math.inf
+        """When the pending read or send gives up (`math.inf`: none, or none yet)."""
+        self.interrupted = False
+        self.scope = server.backend.cancel_scope()
+        self._use(stream)
+
+    def _use(self, stream: StreamT) -> None:
+        """Talk over ``stream`` (the TLS one after STARTTLS), through its own bound methods."""
+        self.stream = stream
+        self.receive = self.server.backend.receiver(stream)
+        self.send = self.server.backend.sender(stream)
 
     def shutdown(self, force: bool = True) -> None:
         """Close with 421 (``force``), or only wake a pending read so that a session which is
@@ -220,33 +253,92 @@ class _Session(Generic[StreamT]):
             self.closing = True
         else:
             self.woken = True
-        if self.reading is not None:
-            self.reading.cancel()
+        if self.waiting is _READ:
+            self.interrupt()
+
+    def interrupt(self) -> None:
+        """Cancel the pending read or send, for a timeout or a stop (see `_interrupted`)."""
+        self.interrupted = True
+        self.scope.cancel()
 
     async def run(self) -> None:
-        driver, registry = self.tracked.driver, self.server.registry
-        backend = self.server.backend
+        driver, backend = self.tracked.driver, self.server.backend
         try:
             if self.server.options.dns_reverse_lookup:
                 await self._busy(backend.run_in_thread(reverse_names, driver.ctx))
             while True:
-                step = driver.pump()
-                action = step if isinstance(step, Action) else await self._busy(step)
-                if not await self._send(driver.output()) or action is Action.CLOSE:
+                with self.scope:
+                    await self._serve()
                     return
-                if action is Action.START_TLS:
-                    await self._busy(self._start_tls())
-                elif action is Action.FLUSH:
-                    continue  # the replies are written: go on parsing what is buffered
-                elif self.closing or (registry.stopping and not driver.conn.in_transaction):
-                    driver.shutdown()
-                else:
-                    await self._read()
+                if not self._interrupted():
+                    return
+                self.scope, self.interrupted = backend.cancel_scope(), False
         except Exception as exc:
             driver.log(logging.ERROR, f"session failed: {exc!r}", exc)
         finally:
             with backend.cancel_scope(shield=True):
                 await self._finish()
+
+    def _interrupted(self) -> bool:
+        """After `scope` caught an interruption; False if the session ends. An interrupted read
+        makes the core answer 421 (4.4.2 after a timeout, 4.3.2 for a stop; a woken session in
+        a transaction goes on); an interrupted send means that the peer has read nothing for the
+        idle timeout: it is dropped. Nothing pending: the interruption came as a read returned
+        (see `_serve`), with nothing lost."""
+        waiting, driver = self.waiting, self.tracked.driver
+        self.waiting, self.deadline = None, math.inf
+        if waiting is _SEND:
+            self.end = CloseReason.TIMEOUT
+            return False
+        if waiting is _READ:
+            if self.closing:
+                driver.shutdown()
+            elif self.woken:
+                self.woken = False
+                if not driver.conn.in_transaction:
+                    driver.shutdown()
+            else:
+                driver.timed_out()
+        return True
+
+    async def _serve(self) -> None:
+        """Pump the driver, write its replies and read when it asks, until it closes."""
+        tracked, registry, backend = self.tracked, self.server.registry, self.server.backend
+        driver, options, gone = tracked.driver, self.server.options, backend.gone
+        while True:
+            step = driver.pump()
+            action = step if isinstance(step, Action) else await self._busy(step)
+            data = driver.output()
+            if data:
+                self.waiting = _SEND  # its deadline comes from `TaskServer._sweep`
+                try:
+                    await self.send(data)
+                except gone:
+                    self.end = CloseReason.PEER_CLOSED
+                    return
+                self.waiting, self.deadline = None, math.inf
+                if self.interrupted:  # the deadline passed as the last bytes went out
+                    self.end = CloseReason.TIMEOUT
+                    return
+            if action is Action.CLOSE:
+                return
+            if action is Action.START_TLS:
+                await self._busy(self._start_tls())
+            elif action is Action.FLUSH:
+                continue  # the replies are written: go on parsing what is buffered
+            elif self.closing or (registry.stopping and not driver.conn.in_transaction):
+                driver.shutdown()
+            else:  # the idle timeout from now, capped by what is left of the DATA timeout
+                self.waiting = _READ
+                self.deadline = tracked.read_deadline(backend.current_time(), options)
+                try:
+                    data = await self.receive(options.read_size)
+                except gone:
+                    data = b""
+                self.waiting, self.deadline = None, math.inf
+                driver.feed(data)
+                if self.interrupted:  # as the read returned: leave the cancelled scope now,
+                    await backend.sleep(math.inf)  # not at a hook's first checkpoint
 
     async def _busy(self, step: Awaitable[T]) -> T:
         """Await a hook (or lookup, or handshake): a graceful stop must not close us meanwhile."""
@@ -256,45 +348,6 @@ class _Session(Generic[StreamT]):
         finally:
             self.tracked.busy = False
 
-    async def _read(self) -> None:
-        """Feed the next bytes (``b""`` at EOF); after a timeout or `shutdown`, close with 421.
-        The deadline is the idle timeout from now, capped by what is left of the DATA timeout."""
-        driver, options, backend = self.tracked.driver, self.server.options, self.server.backend
-        deadline = self.tracked.read_deadline(backend.current_time(), options)
-        scope = self.reading = backend.cancel_scope(deadline=deadline)
-        with scope:
-            try:
-                data = await backend.receive(self.stream, options.read_size)
-            except backend.gone:
-                data = b""
-        self.reading = None
-        if not scope.cancelled_caught:
-            self.tracked.last_active = backend.current_time()
-            driver.feed(data)
-        elif self.closing:
-            driver.shutdown()
-        elif self.woken:
-            self.woken = False
-            if not driver.conn.in_transaction:
-                driver.shutdown()
-        else:
-            driver.timed_out()
-
-    async def _send(self, data: bytes) -> bool:
-        """False if the peer is gone, or read nothing for the idle timeout (it is dead)."""
-        if not data:
-            return True
-        backend, idle = self.server.backend, self.server.options.idle_timeout
-        with backend.move_on_after(math.inf if idle is None else idle):
-            try:
-                await backend.send(self.stream, data)
-                return True
-            except backend.gone:
-                self.end = CloseReason.PEER_CLOSED
-                return False
-        self.end = CloseReason.TIMEOUT
-        return False
-
     async def _start_tls(self) -> None:
         driver, backend = self.tracked.driver, self.server.backend
         try:
@@ -302,8 +355,7 @@ class _Session(Generic[StreamT]):
         except OSError as exc:
             driver.tls_failed(exc)
             return
-        self.stream = tls
-        self.tracked.last_active = backend.current_time()
+        self._use(tls)
         driver.tls_started(tls_facts(backend.ssl_object(tls)))
 
     async def _finish(self) -> None:
@@ -375,6 +427,7 @@ class TaskServer(Generic[StreamT, ListenerT]):
             started()
             async with backend.task_group() as sessions:
                 self._sessions = sessions
+                sessions.start_soon(self._sweep)
                 with self._accepting:
                     async with backend.task_group() as accepting:
                         for sock, listener in self._listeners:
@@ -403,6 +456,26 @@ class TaskServer(Generic[StreamT, ListenerT]):
             await self._drain()
         if self._sessions is not None:
             self._sessions.cancel_scope.cancel()
+
+    async def _sweep(self) -> None:
+        """Every ``options.tick`` seconds, interrupt the sessions whose read or send has waited
+        past its deadline. A read sets its own; a send's is set here, the idle timeout from the
+        first sweep that sees it pending: that saves a clock reading per send, and a send that
+        ended while the loop was blocked (its task not run yet) is not taken for a stalled one.
+        Ends once a stop has left no session: `stop` cancels the task group at its end, unless
+        it came before there was one."""
+        backend, options, registry = self.backend, self.options, self.registry
+        sessions, idle = registry.sessions, options.idle_timeout
+        if idle is None and options.data_timeout is None:
+            return
+        while sessions or not registry.stopping:
+            await backend.sleep(options.tick)
+            now = backend.current_time()
+            for session in list(sessions):
+                if session.deadline <= now:
+                    session.interrupt()
+                elif idle is not None and session.waiting is _SEND and session.deadline == math.inf:
+                    session.deadline = now + idle
 
     async def _drain(self) -> None:
         """Return once every session has ended (their last task sets `_drained`)."""
@@ -473,7 +546,7 @@ class TaskServer(Generic[StreamT, ListenerT]):
                     return
             if self.registry.full():
                 with backend.move_on_after(_FLUSH), suppress(*backend.gone):
-                    await backend.send(client, TOO_BUSY)
+                    await backend.sender(client)(TOO_BUSY)
                 if observer is not None:
                     observer.connection_refused("too-busy")
                 return
@@ -497,10 +570,11 @@ class TaskServer(Generic[StreamT, ListenerT]):
         else:
             parser = ProxyHeaderParser()
             reason, detail = "proxy-timeout", f"no PROXY header in {options.proxy_timeout} s"
+            receive = backend.receiver(stream)
             with backend.move_on_after(options.proxy_timeout):
                 while True:
                     try:
-                        data = await backend.receive(stream, options.read_size)
+                        data = await receive(options.read_size)
                     except backend.gone:
                         data = b""
                     try:

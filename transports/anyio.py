@@ -6,7 +6,6 @@ supplies it with anyio's calls (`_AnyIO`).
 
 from __future__ import annotations
 
-import math
 import ssl
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
@@ -37,10 +36,8 @@ class _AnyIO(Backend[ByteStream, SocketListener]):
     async def sleep(self, seconds: float) -> None:
         await anyio.sleep(seconds)
 
-    def cancel_scope(
-        self, *, deadline: float = math.inf, shield: bool = False
-    ) -> anyio.CancelScope:
-        return anyio.CancelScope(deadline=deadline, shield=shield)
+    def cancel_scope(self, *, shield: bool = False) -> anyio.CancelScope:
+        return anyio.CancelScope(shield=shield)
 
     def move_on_after(self, seconds: float) -> anyio.CancelScope:
         return anyio.move_on_after(seconds)
@@ -71,11 +68,11 @@ class _AnyIO(Backend[ByteStream, SocketListener]):
         except anyio.TypedAttributeLookupError as exc:  # a client that reset at once
             raise OSError("the client is already gone") from exc
 
-    async def receive(self, stream: ByteStream, max_bytes: int) -> bytes:
-        return await stream.receive(max_bytes)
+    def receiver(self, stream: ByteStream) -> Callable[[int], Awaitable[bytes]]:
+        return stream.receive
 
-    async def send(self, stream: ByteStream, data: bytes) -> None:
-        await stream.send(data)
+    def sender(self, stream: ByteStream) -> Callable[[bytes], Awaitable[None]]:
+        return stream.send
 
     async def aclose_forcefully(self, stream: ByteStream) -> None:
         await anyio.aclose_forcefully(stream)

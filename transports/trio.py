@@ -6,7 +6,6 @@ supplies it with trio's own calls (`_Trio`).
 
 from __future__ import annotations
 
-import math
 import ssl
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
@@ -32,8 +31,8 @@ class _Trio(Backend[trio.abc.Stream, trio.SocketListener]):
     async def sleep(self, seconds: float) -> None:
         await trio.sleep(seconds)
 
-    def cancel_scope(self, *, deadline: float = math.inf, shield: bool = False) -> trio.CancelScope:
-        return trio.CancelScope(deadline=deadline, shield=shield)
+    def cancel_scope(self, *, shield: bool = False) -> trio.CancelScope:
+        return trio.CancelScope(shield=shield)
 
     def move_on_after(self, seconds: float) -> trio.CancelScope:
         return trio.move_on_after(seconds)
@@ -60,12 +59,19 @@ class _Trio(Backend[trio.abc.Stream, trio.SocketListener]):
         assert isinstance(stream, trio.SocketStream)  # what SocketListener.accept returns
         return stream.socket.getsockname(), stream.socket.getpeername()
 
-    async def receive(self, stream: trio.abc.Stream, max_bytes: int) -> bytes:
-        data = await stream.receive_some(max_bytes)
-        return data if isinstance(data, bytes) else bytes(data)
+    def receiver(self, stream: trio.abc.Stream) -> Callable[[int], Awaitable[bytes]]:
+        """A `trio.SocketStream` reads `bytes`; a `trio.SSLStream` may give a `bytearray`."""
+        if isinstance(stream, trio.SocketStream):
+            return stream.receive_some
 
-    async def send(self, stream: trio.abc.Stream, data: bytes) -> None:
-        await stream.send_all(data)
+        async def receive(max_bytes: int) -> bytes:
+            data = await stream.receive_some(max_bytes)
+            return data if isinstance(data, bytes) else bytes(data)
+
+        return receive
+
+    def sender(self, stream: trio.abc.Stream) -> Callable[[bytes], Awaitable[None]]:
+        return stream.send_all
 
     async def aclose_forcefully(self, stream: trio.abc.Stream) -> None:
         await trio.aclose_forcefully(stream)
