@@ -19,9 +19,6 @@ class ReceiveBuffer:
     def __len__(self) -> int:
         return len(self._data)
 
-    def append(self, data: bytes) -> None:
-        self._data += data
-
     def clear(self) -> int:
         """Drop everything; return how many octets were dropped."""
         dropped = len(self._data)
@@ -31,19 +28,24 @@ class ReceiveBuffer:
 
     def take_line(self) -> bytes | None:
         """Remove and return the next line up to and including LF, or None if incomplete."""
-        end = self._data.find(b"\n", self._scanned)
-        if end < 0:
-            self._scanned = len(self._data)
+        data = self._data
+        end = data.find(b"\n", self._scanned) + 1
+        if not end:
+            self._scanned = len(data)
             return None
-        line = bytes(self._data[: end + 1])
-        del self._data[: end + 1]
         self._scanned = 0
+        if end == len(data):  # the whole buffer, as with one command per read: no slicing
+            line = bytes(data)
+            data.clear()
+            return line
+        line = bytes(data[:end])
+        del data[:end]
         return line
 
-    def take(self, count: int) -> bytes:
-        """Remove and return up to ``count`` octets."""
+    def take(self, count: int, skip: int = 0) -> bytes:
+        """Remove and return up to ``count`` octets, and drop ``skip`` more after them."""
         chunk = bytes(self._data[:count])
-        del self._data[:count]
+        del self._data[: count + skip]
         self._scanned = 0
         return chunk
 

@@ -18,13 +18,21 @@ _UTF8 = r"\u0080-\U0010ffff"
 _LABEL = r"[A-Za-z0-9{u}](?:[A-Za-z0-9\-{u}]*[A-Za-z0-9{u}])?"
 
 
+def _dot_string(u: str) -> str:
+    atom = f"[{_ATEXT}{u}]+"
+    return rf"{atom}(?:\.{atom})*"
+
+
+def _domain(u: str) -> str:
+    label = _LABEL.format(u=u)
+    return rf"{label}(?:\.{label})*"
+
+
 def _path_regex(utf8: bool) -> re.Pattern[str]:
     u = _UTF8 if utf8 else ""
-    atom = f"[{_ATEXT}{u}]+"
-    dot_string = rf"{atom}(?:\.{atom})*"
+    dot_string = _dot_string(u)
     quoted = rf'"(?:[\x20\x21\x23-\x5b\x5d-\x7e{u}]|\\[\x20-\x7e])*"'
-    label = _LABEL.format(u=u)
-    domain = rf"{label}(?:\.{label})*"
+    domain = _domain(u)
     literal = r"\[[\x21-\x5a\x5e-\x7e]+\]"
     route = rf"@{domain}(?:,@{domain})*:"
     return re.compile(
@@ -33,6 +41,14 @@ def _path_regex(utf8: bool) -> re.Pattern[str]:
 
 
 _PATH = {False: _path_regex(False), True: _path_regex(True)}
+
+
+def plain_path_argument(keyword: str) -> re.Pattern[str]:
+    """``KEYWORD:<local@domain>`` (spaces allowed before ``<``) and nothing more, all ASCII,
+    no route, quotes or literal: the common case, whose full parse is that mailbox alone."""
+    return re.compile(rf"(?i:{keyword}) *<({_dot_string('')}@{_domain('')})>\Z")
+
+
 _POSTMASTER = re.compile(r"<postmaster>", re.IGNORECASE)
 _KEYWORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9\-]*\Z")
 _VALUE = re.compile(r"[\x21-\x3c\x3e-\x7e\u0080-\U0010ffff]+\Z")
@@ -113,12 +129,6 @@ def decode_xtext(value: str) -> str | None:
         return None
     decoded = _XTEXT_HEX.sub(lambda m: chr(int(m.group(1), 16)), value)
     return decoded if _PRINTABLE.match(decoded) else None
-
-
-def split_verb(line: str) -> tuple[str, str]:
-    """``"mail FROM:<a@b>"`` -> ``("MAIL", "FROM:<a@b>")``; the verb upper-cased."""
-    verb, _, argument = line.partition(" ")
-    return verb.upper(), argument.strip(" ")
 
 
 def keyword_argument(argument: str, keyword: str) -> str | None:

@@ -11,6 +11,7 @@ from ._syntax import (
     keyword_argument,
     parse_params,
     parse_path,
+    plain_path_argument,
 )
 from .config import SmtpConfig
 from .events import MailFrom, RcptTo
@@ -23,6 +24,8 @@ _BAD_RECIPIENT = Reply(501, "Bad recipient address syntax", "5.1.3")
 _NEEDS_SMTPUTF8 = Reply(553, "Non-ASCII address requires SMTPUTF8", "5.6.7")
 _TOO_BIG = Reply(552, "Message size exceeds fixed maximum message size", "5.3.4")
 _NOTIFY_WORDS = frozenset({"SUCCESS", "FAILURE", "DELAY"})
+_PLAIN_MAIL = plain_path_argument("FROM:")
+_PLAIN_RCPT = plain_path_argument("TO:")
 
 
 def _unsupported(key: str) -> Reply:
@@ -52,6 +55,9 @@ def _split(
 
 def parse_mail(argument: str, config: SmtpConfig, *, auth_offered: bool) -> MailFrom | Reply:
     """Parse ``FROM:<path> [params]`` against what the configuration advertises."""
+    plain = _PLAIN_MAIL.match(argument)
+    if plain is not None:  # what the full parse below makes of such an argument
+        return MailFrom(address=plain[1])
     split = _split(argument, "FROM:", utf8=False, config=config, rcpt=False)
     if isinstance(split, Reply):
         return split
@@ -106,6 +112,9 @@ def parse_mail(argument: str, config: SmtpConfig, *, auth_offered: bool) -> Mail
 
 def parse_rcpt(argument: str, config: SmtpConfig, *, smtputf8: bool) -> RcptTo | Reply:
     """Parse ``TO:<path> [params]``; ``smtputf8`` says whether MAIL asked for SMTPUTF8."""
+    plain = _PLAIN_RCPT.match(argument)
+    if plain is not None:  # what the full parse below makes of such an argument
+        return RcptTo(address=plain[1])
     split = _split(argument, "TO:", utf8=smtputf8, config=config, rcpt=True)
     if isinstance(split, Reply):
         return split

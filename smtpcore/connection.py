@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import binascii
 import dataclasses
-import functools
 from base64 import b64decode, b64encode
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -17,7 +16,6 @@ from . import replies as R
 from ._buffer import ReceiveBuffer
 from ._content import DataReader, HeaderTracker
 from ._state import IN_TRANSACTION, State
-from ._syntax import split_verb
 from ._transaction import parse_mail, parse_rcpt
 from .config import AuthMode, CrlfMode, SmtpConfig, TlsMode
 from .errors import LocalProtocolError
@@ -45,7 +43,7 @@ from .events import (
     UnknownCommand,
 )
 from .replies import Reply
-from .sasl import SaslExchange, SaslMechanism, SaslSyntaxError
+from .sasl import SaslExchange, SaslSyntaxError
 
 __all__ = ["AuthInfo", "SmtpConnection"]
 
@@ -98,18 +96,20 @@ class SmtpConnection:
         "_content_failure",
         "_data_reader",
         "_discarding",
+        "_enhanced",
         "_envelope",
         "_eof",
         "_error_count",
         "_esmtp",
         "_events",
+        "_facts",
         "_guarded",
         "_headers",
         "_held_cr",
         "_helo",
         "_last_content",
-        "_mechanisms",
         "_message_size",
+        "_offers_auth",
         "_orphan_chunk_state",
         "_outbox",
         "_pending",
@@ -122,13 +122,13 @@ class SmtpConnection:
     )
 
     def __init__(self, config: SmtpConfig | None = None, *, tls_active: bool = False) -> None:
-        self.config = config or SmtpConfig()
-        self._mechanisms = _mechanisms_of(self.config)
+        self.config = config = config or SmtpConfig()
+        self._facts = facts = _facts_of(config)
+        self._enhanced = config.enhanced_status_codes
+        self._offers_auth = facts.auth_possible and (tls_active or config.allow_insecure_auth)
         self._buffer = ReceiveBuffer()
         self._received = self._buffer.raw  # the same bytearray: emptiness tests stay in C
-        self._guarded = (
-            self.config.tls_mode is TlsMode.REQUIRED or self.config.auth_mode is AuthMode.REQUIRED
-        )
+        self._guarded = facts.guarded
         self._outbox = bytearray()
         self._events: list[Event] = []  # rarely more than three: a list beats a deque here
         self._state = _GREETING
@@ -243,7 +243,7 @@ class SmtpConnection:
         if not data:
             self._eof = True
         elif self._state is not _CLOSED:
-            self._buffer.append(data)
+            self._received += data
 
     def data_to_send(self) -> bytes:
         """Every byte the core wants written, in order; empties the outbox."""
@@ -259,11 +259,12 @@ class SmtpConnection:
             `NEED_DATA` when the buffer holds nothing more to act on. Never raises on peer
             input: errors are answered and reported as `ProtocolViolation` events.
         """
+        events = self._events  # updated in place, never rebound
         while True:
             if self._pending is not None:
                 return PAUSED
-            if self._events:
-                event = self._events.pop(0)
+            if events:
+                event = events.pop(0)
                 if event.needs_reply:
                     self._pending = event
                 elif type(event) is DataChunk or type(event) is HeadersComplete:
@@ -276,30 +277,29 @@ class SmtpConnection:
             if state is _TLS_HANDSHAKE:
                 return PAUSED
             if state is _GREETING:
-                self._events.append(Greeting())
-            elif len(self._outbox) >= OUTPUT_LIMIT:
+                events.append(Greeting())
+                continue
+            if len(self._outbox) >= OUTPUT_LIMIT:
                 return NEED_DATA  # write first (see output_full): a client that never reads
                 # cannot make the core hold megabytes of replies
-            elif (not self._received and state is not _BDAT_CHUNK) or not self._parse_some():
-                if not self._eof:
-                    return NEED_DATA
-                self._close(CloseReason.PEER_CLOSED)
-
-    def _parse_some(self) -> bool:
-        """Act on what the buffer holds; False when it holds nothing actionable."""
-        state = self._state
-        if state is _DATA:
-            return self._read_data()
-        if state is _BDAT_CHUNK:
-            if not self._received and self._chunk_left:
-                return False
-            self._read_chunk()
-            return True
-        line = self._take_line()
-        if line is None:  # incomplete, or refused (a queued violation, or the session closed)
-            return bool(self._events) or self._state is not state
-        self._on_line(line)
-        return True
+            # Act on what the buffer holds; fall through when it holds nothing actionable.
+            if state is _DATA:
+                if self._received and self._read_data():
+                    continue
+            elif state is _BDAT_CHUNK:
+                if self._received or not self._chunk_left:
+                    self._read_chunk()
+                    continue
+            elif self._received:
+                line = self._take_line()
+                if line is not None:
+                    self._on_line(line)
+                    continue
+                if events or self._state is not state:  # refused: a violation, or closed
+                    continue
+            if not self._eof:
+                return NEED_DATA
+            self._close(CloseReason.PEER_CLOSED)
 
     # ------------------------------------------------------------------ decisions
 
@@ -316,7 +316,8 @@ class SmtpConnection:
         Raises:
             LocalProtocolError: ``event`` is not the pending decision, or ``reply`` is negative.
         """
-        self._check_pending(event)
+        if event is not self._pending or event is None:
+            raise self._not_pending(event)
         if reply is not None and not reply.is_positive:
             raise LocalProtocolError(f"accept() needs a 2xx/3xx reply, not {reply.code}")
         if rewrite is not None and not isinstance(event, MailFrom | RcptTo | AuthAttempt):
@@ -325,8 +326,7 @@ class SmtpConnection:
         _ON_ACCEPT[type(event)](self, event, reply, rewrite)
 
     def _accepted_greeting(self, event: Any, reply: Reply | None, rewrite: str | None) -> None:
-        text = self.config.greeting or ("LMTP" if self.config.lmtp else "ESMTP") + " ready"
-        self._send(reply or Reply(220, f"{self.config.hostname} {text}"), enhanced=False)
+        self._send(reply or self._facts.banner, enhanced=False)
         self._state = _HELO
 
     def _accepted_helo(self, event: Any, reply: Reply | None, rewrite: str | None) -> None:
@@ -402,11 +402,12 @@ class SmtpConnection:
                 return
             # The data has already ended: this is the answer to the message, and the content
             # still queued is dropped with it.
-            self._events = [
+            self._events[:] = [
                 e for e in self._events if e is not complete and type(e) not in _CONTENT_EVENTS
             ]
             self._pending = event = complete
-        self._check_pending(event)
+        if event is not self._pending or event is None:
+            raise self._not_pending(event)
         self._pending = None
         answer = reply or self._default_rejection(event)
         if isinstance(event, MessageComplete):
@@ -444,7 +445,8 @@ class SmtpConnection:
         Raises:
             LocalProtocolError: not in LMTP mode, ``event`` not pending, or a wrong count.
         """
-        self._check_pending(event)
+        if event is not self._pending or event is None:
+            raise self._not_pending(event)
         if not self.config.lmtp:
             raise LocalProtocolError("reply_per_recipient() is for LMTP; use accept/reject")
         if len(replies) != len(self._envelope.rcpt_tos):
@@ -466,6 +468,7 @@ class SmtpConnection:
         if self._state is not _TLS_HANDSHAKE:
             raise LocalProtocolError("tls_established() without an accepted STARTTLS")
         self._tls_active = True
+        self._offers_auth = self._facts.auth_possible
         self._helo, self._esmtp, self._auth = None, False, None
         self._reset_transaction()
         self._state = _HELO
@@ -496,17 +499,13 @@ class SmtpConnection:
 
     # ------------------------------------------------------------------ internals
 
-    def _check_pending(self, event: Event) -> None:
-        if self._pending is None or event is not self._pending:
-            what = "nothing" if self._pending is None else type(self._pending).__name__
-            raise LocalProtocolError(f"{type(event).__name__} is not pending (pending: {what})")
-
-    def _ask(self, event: Event) -> None:
-        """Queue a decision event; `next_event` makes it pending when it hands it out."""
-        self._events.append(event)
+    def _not_pending(self, event: Event) -> LocalProtocolError:
+        """The error for answering ``event`` when it is not the pending decision."""
+        what = "nothing" if self._pending is None else type(self._pending).__name__
+        return LocalProtocolError(f"{type(event).__name__} is not pending (pending: {what})")
 
     def _send(self, reply: Reply, *, enhanced: bool = True) -> None:
-        self._outbox += reply.to_bytes(enhanced and self.config.enhanced_status_codes)
+        self._outbox += reply._wire[enhanced and self._enhanced]  # what to_bytes() returns
 
     def _send_per_recipient(self, replies: Sequence[Reply]) -> None:
         if self.config.lmtp:
@@ -572,7 +571,7 @@ class SmtpConnection:
         """Drop the message in progress; ``reply`` goes out when its data has ended."""
         if self._content_failure is None:
             # content already parsed but not yet handed out is dropped with the message
-            self._events = [e for e in self._events if type(e) not in _CONTENT_EVENTS]
+            self._events[:] = [e for e in self._events if type(e) not in _CONTENT_EVENTS]
             self._events.append(MessageAborted(reason=reason, reply=reply))
             self._content_failure = reply or R.LOCAL_ERROR
         self._last_content = None
@@ -581,27 +580,25 @@ class SmtpConnection:
 
     def _take_line(self) -> bytes | None:
         """The next command or SASL line without its line end; handles over-long lines."""
-        limit = (
-            self.config.max_auth_line_length
-            if self._state is _AUTH
-            else self.config.max_line_length
-        )
+        config = self.config
+        limit = config.max_auth_line_length if self._state is _AUTH else config.max_line_length
         line = self._buffer.take_line()
         if line is None:
-            if len(self._buffer) > limit:
+            if len(self._received) > limit:
                 self._discarding += self._buffer.clear()
                 self._check_overflow(0)
             return None
-        # However the line arrived, more than max_buffer_size octets before its LF end it.
-        if self._check_overflow(len(line) - 1):
-            return None
         if self._discarding or len(line) > limit:
+            # However the line arrived, more than max_buffer_size octets before its LF end it
+            # (a line within the limit cannot be: max_buffer_size is at least every limit).
+            if self._check_overflow(len(line) - 1):
+                return None
             self._discarding = 0
             self._refuse_line(R.LINE_TOO_LONG, b"")
             return None
         if line.endswith(b"\r\n"):
             return line[:-2]
-        if self.config.crlf_mode is CrlfMode.STRICT:
+        if config.crlf_mode is CrlfMode.STRICT:
             self._refuse_line(R.BARE_LF_COMMAND, line)
             return None
         return line[:-1]
@@ -632,7 +629,8 @@ class SmtpConnection:
         if "\0" in line or "\r" in line:
             self._violation(R.BAD_SYNTAX.with_text("Invalid character in command"), raw)
             return
-        verb, arg = split_verb(line)
+        verb, _, arg = line.partition(" ")
+        verb, arg = verb.upper(), arg.strip(" ")
         if not verb:
             self._violation(R.BAD_SYNTAX, raw)
             return
@@ -650,7 +648,7 @@ class SmtpConnection:
                 return
             handler = None  # LHLO means nothing in SMTP: the application may answer it
         if handler is None:
-            self._ask(UnknownCommand(verb=verb, argument=arg, line=raw))
+            self._events.append(UnknownCommand(verb=verb, argument=arg, line=raw))
         elif verb in _SEQUENCE and self._state not in _SEQUENCE[verb] and verb != "BDAT":
             reply = self._sequence_reply(verb)
             assert reply is not None
@@ -699,14 +697,14 @@ class SmtpConnection:
         if not arg or " " in arg:
             self._violation(R.BAD_ARGUMENTS.with_text(f"Syntax: {verb} hostname"), raw)
             return
-        self._ask(Helo(verb=verb, domain=arg))  # type: ignore[arg-type]  # one of the three
+        self._events.append(Helo(verb=verb, domain=arg))  # type: ignore[arg-type]  # one of the three
 
     def _cmd_mail(self, verb: str, arg: str, raw: bytes) -> None:
-        parsed = parse_mail(arg, self.config, auth_offered=self._auth_offered())
+        parsed = parse_mail(arg, self.config, auth_offered=self._offers_auth)
         if isinstance(parsed, Reply):
             self._violation(parsed, raw)
         else:
-            self._ask(parsed)
+            self._events.append(parsed)
 
     def _cmd_rcpt(self, verb: str, arg: str, raw: bytes) -> None:
         if len(self._envelope.rcpt_tos) >= self.config.max_recipients:
@@ -717,7 +715,7 @@ class SmtpConnection:
         if isinstance(parsed, Reply):
             self._violation(parsed, raw)
         else:
-            self._ask(parsed)
+            self._events.append(parsed)
 
     def _cmd_data(self, verb: str, arg: str, raw: bytes) -> None:
         mail = self._envelope.mail_from
@@ -726,11 +724,11 @@ class SmtpConnection:
         elif mail is not None and mail.body == "BINARYMIME":
             self._violation(R.BAD_SEQUENCE.with_text("BODY=BINARYMIME requires BDAT"), raw)
         else:
-            self._ask(MessageStart(command="DATA", envelope=self._envelope))
+            self._events.append(MessageStart(command="DATA", envelope=self._envelope))
 
     def _cmd_bdat(self, verb: str, arg: str, raw: bytes, refusal: Reply | None = None) -> None:
         if not self.config.chunking:
-            self._ask(UnknownCommand(verb=verb, argument=arg, line=raw))
+            self._events.append(UnknownCommand(verb=verb, argument=arg, line=raw))
             return
         words = arg.split(" ")
         last = len(words) == 2 and words[1].upper() == "LAST"
@@ -755,7 +753,7 @@ class SmtpConnection:
         elif self._state is _BDAT:
             self._state = _BDAT_CHUNK
         else:
-            self._ask(MessageStart(command="BDAT", envelope=self._envelope))
+            self._events.append(MessageStart(command="BDAT", envelope=self._envelope))
 
     def _cmd_rset(self, verb: str, arg: str, raw: bytes) -> None:
         if arg:
@@ -796,7 +794,7 @@ class SmtpConnection:
         elif self._tls_active:
             self._violation(R.BAD_SEQUENCE.with_text("TLS already active"), raw)
         else:
-            self._ask(StartTls())
+            self._events.append(StartTls())
 
     def _cmd_auth(self, verb: str, arg: str, raw: bytes) -> None:
         if self.config.auth_mode is AuthMode.FORBIDDEN:
@@ -812,7 +810,7 @@ class SmtpConnection:
         if not name:
             self._violation(R.BAD_ARGUMENTS.with_text("Syntax: AUTH mechanism [response]"), raw)
             return
-        mechanism = self._mechanisms.get(name.upper())
+        mechanism = self._facts.mechanisms.get(name.upper())
         if mechanism is None or " " in initial:
             self._violation(R.UNKNOWN_MECHANISM, raw)
             return
@@ -857,41 +855,17 @@ class SmtpConnection:
             self._state = _AUTH
         else:
             self._end_sasl()
-            self._ask(result)
-
-    def _auth_offered(self) -> bool:
-        return (
-            self.config.auth_mode is not AuthMode.FORBIDDEN
-            and (self._tls_active or self.config.allow_insecure_auth)
-            and bool(self._mechanisms)
-        )
+            self._events.append(result)
 
     def _helo_reply(self, event: Helo) -> Reply:
         first = f"{self.config.hostname} greets {event.domain}"
         if event.verb == "HELO":
             return Reply(250, first)
-        c = self.config
-        lines = [first]
-        if c.pipelining:
-            lines.append("PIPELINING")
-        if c.size_extension:
-            lines.append(f"SIZE {c.max_message_size}" if c.max_message_size else "SIZE")
-        if c.eightbitmime:
-            lines.append("8BITMIME")
-        if c.smtputf8:
-            lines.append("SMTPUTF8")
-        if c.enhanced_status_codes:
-            lines.append("ENHANCEDSTATUSCODES")
-        if c.chunking:
-            lines.append("CHUNKING")
-        if c.binarymime:
-            lines.append("BINARYMIME")
-        if c.dsn:
-            lines.append("DSN")
-        if c.tls_mode is not TlsMode.FORBIDDEN and not self._tls_active:
+        lines = [first, *self._facts.extensions]
+        if self.config.tls_mode is not TlsMode.FORBIDDEN and not self._tls_active:
             lines.append("STARTTLS")
-        if self._auth_offered() and self._auth is None:
-            lines.append("AUTH " + " ".join(self._mechanisms))
+        if self._offers_auth and self._auth is None:
+            lines.append("AUTH " + " ".join(self._facts.mechanisms))
         lines.append("HELP")
         return Reply(250, tuple(lines))
 
@@ -936,12 +910,13 @@ class SmtpConnection:
 
     def _end_of_content(self) -> None:
         """The message's data has ended: ask about it, or send the reply already decided."""
-        self._deliver(self._held_cr)
-        self._held_cr = b""
+        if self._held_cr:  # a BDAT chunk's final CR (see _read_chunk)
+            self._deliver(self._held_cr)
+            self._held_cr = b""
         if self._content_failure is None:
             if not self._headers.done:
                 self._events.append(HeadersComplete())
-            self._ask(MessageComplete(envelope=self._envelope, size=self._message_size))
+            self._events.append(MessageComplete(envelope=self._envelope, size=self._message_size))
         else:
             self._answer_failed_content(per_recipient=True)
 
@@ -1017,17 +992,44 @@ _ON_ACCEPT: dict[type, Callable[[SmtpConnection, Any, Reply | None, str | None],
 """What accepting each kind of decision does (state changes and the default reply)."""
 
 
-def _mechanisms_of(config: SmtpConfig) -> dict[str, SaslMechanism]:
-    """The configuration's SASL mechanisms, built once per (hashable) configuration."""
-    try:
-        return _cached_mechanisms(config)
-    except TypeError:  # a mechanism object that cannot be hashed
-        return config.sasl_mechanisms()
+class _ConfigFacts:
+    """What a configuration alone decides, worked out once for all its connections."""
+
+    __slots__ = ("auth_possible", "banner", "config", "extensions", "guarded", "mechanisms")
+
+    def __init__(self, config: SmtpConfig) -> None:
+        self.config = config
+        self.mechanisms = config.sasl_mechanisms()
+        self.auth_possible = config.auth_mode is not AuthMode.FORBIDDEN and bool(self.mechanisms)
+        self.guarded = config.tls_mode is TlsMode.REQUIRED or config.auth_mode is AuthMode.REQUIRED
+        text = config.greeting or ("LMTP" if config.lmtp else "ESMTP") + " ready"
+        self.banner = Reply(220, f"{config.hostname} {text}")
+        size = f"SIZE {config.max_message_size}" if config.max_message_size else "SIZE"
+        offered = (
+            (config.pipelining, "PIPELINING"),
+            (config.size_extension, size),
+            (config.eightbitmime, "8BITMIME"),
+            (config.smtputf8, "SMTPUTF8"),
+            (config.enhanced_status_codes, "ENHANCEDSTATUSCODES"),
+            (config.chunking, "CHUNKING"),
+            (config.binarymime, "BINARYMIME"),
+            (config.dsn, "DSN"),
+        )
+        self.extensions = tuple(name for on, name in offered if on)  # EHLO's fixed part
 
 
-@functools.lru_cache(maxsize=64)
-def _cached_mechanisms(config: SmtpConfig) -> dict[str, SaslMechanism]:
-    return config.sasl_mechanisms()
+_FACTS: dict[int, _ConfigFacts] = {}
+
+
+def _facts_of(config: SmtpConfig) -> _ConfigFacts:
+    """The facts of ``config``, by identity (no hashing of its many fields per connection):
+    an entry holds its configuration, so no other object can take the id it is kept under."""
+    facts = _FACTS.get(id(config))
+    if facts is None:
+        if len(_FACTS) >= 64:
+            _FACTS.clear()
+        facts = _FACTS[id(config)] = _ConfigFacts(config)
+    return facts
 
 
 def _greeting_verb(conn: SmtpConnection) -> str:

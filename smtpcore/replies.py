@@ -42,10 +42,13 @@ class Reply:
                 raise ValueError(f"malformed enhanced status code {self.enhanced!r}")
             if self.enhanced[0] != ("2" if self.code < 400 else str(self.code)[0]):
                 raise ValueError(f"enhanced code {self.enhanced} does not match {self.code}")
-        for line in self.lines:
-            if "\r" in line or "\n" in line:
-                raise ValueError("reply text must not contain CR or LF")
-        object.__setattr__(self, "_wire", (self._render(""), self._render(self.enhanced or "")))
+        lines = self.lines
+        text = "".join(lines)
+        if "\r" in text or "\n" in text:
+            raise ValueError("reply text must not contain CR or LF")
+        plain = self._render(lines, "")
+        wire = plain if self.enhanced is None else self._render(lines, f"{self.enhanced} ")
+        object.__setattr__(self, "_wire", (plain, wire))
 
     @property
     def lines(self) -> tuple[str, ...]:
@@ -66,15 +69,13 @@ class Reply:
         """The reply as sent: each line ends in CRLF; text is UTF-8 (RFC 6531)."""
         return self._wire[enhanced_status_codes]
 
-    def _render(self, enhanced: str) -> bytes:
-        prefix = f"{enhanced} " if enhanced else ""
-        lines = self.lines
-        last = len(lines) - 1
-        out = [
-            f"{self.code}{' ' if i == last else '-'}{prefix}{line}\r\n"
-            for i, line in enumerate(lines)
-        ]
-        return "".join(out).encode("utf-8")
+    def _render(self, lines: tuple[str, ...], prefix: str) -> bytes:
+        last = f"{self.code} {prefix}{lines[-1]}\r\n"
+        if len(lines) == 1:
+            return last.encode()
+        more = f"{self.code}-{prefix}"  # begins every line but the last
+        between = "\r\n" + more
+        return f"{more}{between.join(lines[:-1])}\r\n{last}".encode()
 
     def with_text(self, text: str | tuple[str, ...]) -> Reply:
         """The same codes with another text (keeps predefined replies reusable)."""

@@ -44,6 +44,7 @@ from .handler import Handler, Message, Session, per_recipient
 
 __all__ = ["Action", "SessionDriver"]
 
+_LOGGER = logging.getLogger("smtpcore.server")
 _LOCAL_ERROR = Reply(451, "Requested action aborted: local error in processing", "4.3.0")
 _GREETING_ERROR = Reply(421, "Service not available, closing transmission channel", "4.3.0")
 _ACCEPTED = Reply(250, "Message accepted", "2.0.0")
@@ -63,6 +64,10 @@ class Action(enum.Enum):
     """Run the server-side TLS handshake, then call `tls_started` or `tls_failed`."""
     CLOSE = "close"
     """Close the connection (the output may hold a final 221/421)."""
+
+
+Step = Action | Awaitable[None] | None
+"""What handling one event leads to: an action for the transport, a hook to await, or go on."""
 
 
 _NO_OP_HOOKS = frozenset(
@@ -112,7 +117,16 @@ class SessionDriver:
         auth_failure_delay: seconds to wait after the n-th failed AUTH, times n.
     """
 
-    __slots__ = ("_sleep", "auth_failure_delay", "conn", "ctx", "handler", "live", "logger")
+    __slots__ = (
+        "_sleep",
+        "_steps",
+        "auth_failure_delay",
+        "conn",
+        "ctx",
+        "handler",
+        "live",
+        "logger",
+    )
 
     def __init__(
         self,
@@ -126,13 +140,14 @@ class SessionDriver:
         logger: logging.Logger | None = None,
     ) -> None:
         self.handler = handler
-        self.live = live_hooks(handler)
+        self.live = live = live_hooks(handler)
+        self._steps = _steps_of(handler, live)
         self.ctx = ctx
         self.conn = SmtpConnection(config, tls_active=tls_active)
         ctx.connection = self.conn
         self._sleep = sleep
         self.auth_failure_delay = auth_failure_delay
-        self.logger = logger or logging.getLogger("smtpcore.server")
+        self.logger = logger or _LOGGER
 
     # ---------------------------------------------------------------- transport side
 
@@ -189,9 +204,12 @@ class SessionDriver:
             return None
 
     def log(self, level: int, message: str, exc: BaseException | None = None) -> None:
+        hooked = "on_logging" in self.live
+        if not (hooked or self.logger.isEnabledFor(level)):
+            return  # all Logger.log would do, without formatting the line first
         ctx = self.ctx
         line = f"[{ctx.remote_ip}:{ctx.remote_port}] {message}"
-        if "on_logging" in self.live:
+        if hooked:
             self.handler.on_logging(ctx, level, line, exc)
         else:
             self.logger.log(level, line, exc_info=exc)
@@ -200,25 +218,15 @@ class SessionDriver:
 
     def _advance(self) -> Action | Awaitable[None]:
         conn = self.conn
+        steps = self._steps
         while True:
             event = conn.next_event()
             if event is NEED_DATA:
-                return Action.FLUSH if conn.output_full else Action.READ
-            kind = type(event)
-            if kind is DataChunk:
-                assert isinstance(event, DataChunk)
-                self.ctx.message.data += event.data
-                pending = self._call(event, "on_message_data", (event.data,), None)
-            elif kind is TlsUpgrade:
-                return Action.START_TLS
-            elif kind is ConnectionClosed:
-                return Action.CLOSE
-            else:
-                handle = _HANDLERS.get(kind)
-                if handle is None:  # PAUSED cannot come back: every decision is answered
-                    raise RuntimeError(f"unexpected {event!r} from the core")
-                assert isinstance(event, Event)
-                pending = handle(self, event)
+                return _FLUSH if conn.output_full else _READ
+            step = steps.get(type(event))
+            if step is None:  # PAUSED cannot come back: every decision is answered
+                raise RuntimeError(f"unexpected {event!r} from the core")
+            pending = step(self, event)
             if pending is not None:
                 return pending
 
@@ -269,43 +277,59 @@ class SessionDriver:
             return self._sleep(self.auth_failure_delay * self.conn.auth_failures)
         return None
 
-    def _accept(self, event: Event, result: object) -> None:
+    # ---- steps: what each kind of event leads to (see `_STEPS` and `_UNHOOKED`)
+
+    def _accept(self, event: Event, result: object = None) -> None:
         self.conn.accept(event)
 
     def _accept_rewrite(self, event: Event, result: object) -> None:
         self.conn.accept(event, rewrite=result if isinstance(result, str) and result else None)
 
-    def _on_greeting(self, event: Event) -> Awaitable[None] | None:
+    def _on_greeting(self, event: Greeting) -> Step:
         self.log(logging.DEBUG, "connected")
         return self._call(event, "on_connect", (), self._accept)
 
-    def _on_helo(self, event: Event) -> Awaitable[None] | None:
-        assert isinstance(event, Helo)
+    def _on_helo(self, event: Helo) -> Step:
         return self._call(event, "on_helo", (event.domain,), self._accept)
 
-    def _on_mail(self, event: Event) -> Awaitable[None] | None:
-        assert isinstance(event, MailFrom)
+    def _on_mail(self, event: MailFrom) -> Step:
         return self._call(event, "on_mail_from", (event.address, event), self._accept_rewrite)
 
-    def _on_rcpt(self, event: Event) -> Awaitable[None] | None:
-        assert isinstance(event, RcptTo)
+    def _on_rcpt(self, event: RcptTo) -> Step:
         return self._call(event, "on_rcpt_to", (event.address, event), self._accept_rewrite)
 
-    def _on_auth(self, event: Event) -> Awaitable[None] | None:
-        assert isinstance(event, AuthAttempt)
+    def _on_auth(self, event: AuthAttempt) -> Step:
         args = (event.authorization_id, event.authentication_id, event.password, event)
         return self._call(event, "on_auth", args, self._accept_rewrite)
 
-    def _on_message_start(self, event: Event) -> Awaitable[None] | None:
+    def _on_message_start(self, event: MessageStart) -> Step:
         self.ctx.message = Message(received_at=datetime.now(UTC))
         return self._call(event, "on_message_start", (), self._accept)
 
-    def _on_headers(self, event: Event) -> Awaitable[None] | None:
+    def _start_unhooked(self, event: MessageStart) -> Step:
+        self.ctx.message = Message(received_at=datetime.now(UTC))
+        self.conn.accept(event)
+        return None
+
+    def _on_data(self, event: DataChunk) -> Step:
+        self._collect(event)
+        return self._call(event, "on_message_data", (event.data,), None)
+
+    def _collect(self, event: DataChunk) -> Step:
+        self.ctx.message.data += event.data  # a bytearray: appending stays linear
+        return None
+
+    def _on_headers(self, event: HeadersComplete) -> Step:
         return self._call(event, "on_message_headers", (), None)
 
-    def _on_message(self, event: Event) -> Awaitable[None] | None:
+    def _on_message(self, event: MessageComplete) -> Step:
         self.ctx.message.delivered_at = datetime.now(UTC)
         return self._call(event, "on_message", (), self._answer_message)
+
+    def _complete_unhooked(self, event: MessageComplete) -> Step:
+        self.ctx.message.delivered_at = datetime.now(UTC)
+        self.conn.accept(event)  # what `_answer_message` does with no result
+        return None
 
     def _answer_message(self, event: Event, result: object) -> None:
         assert isinstance(event, MessageComplete)
@@ -316,14 +340,12 @@ class SessionDriver:
             replies = [_ACCEPTED if a is None else a.reply for a in answers]
             self.conn.reply_per_recipient(event, replies)
 
-    def _on_aborted(self, event: Event) -> Awaitable[None] | None:
-        assert isinstance(event, MessageAborted)
+    def _on_aborted(self, event: MessageAborted) -> Step:
         self.log(logging.INFO, f"message dropped: {event.reason}")
         self.ctx.message = Message()
         return None
 
-    def _on_unknown(self, event: Event) -> Awaitable[None] | None:
-        assert isinstance(event, UnknownCommand)
+    def _on_unknown(self, event: UnknownCommand) -> Step:
         args = (event.verb, event.argument)
         return self._call(event, "on_unknown_command", args, self._answer_unknown)
 
@@ -331,26 +353,36 @@ class SessionDriver:
         reply = Reply(250, result, "2.0.0") if isinstance(result, str) and result else None
         self.conn.accept(event, reply)
 
-    def _on_starttls(self, event: Event) -> Awaitable[None] | None:
+    def _on_starttls(self, event: StartTls) -> Step:
         self.conn.accept(event)
         return None
 
-    def _on_violation(self, event: Event) -> Awaitable[None] | None:
-        assert isinstance(event, ProtocolViolation)
+    def _on_violation(self, event: ProtocolViolation) -> Step:
         self.log(logging.DEBUG, f"client error: {event.reply.code} {event.reply.text}")
         return None
 
-    def _ignore(self, event: Event) -> Awaitable[None] | None:
+    def _ignore(self, event: Event) -> Step:
         return None
 
+    def _on_tls_upgrade(self, event: TlsUpgrade) -> Step:
+        return Action.START_TLS
 
-_HANDLERS: dict[type, Callable[[SessionDriver, Event], Awaitable[None] | None]] = {
+    def _on_closed(self, event: ConnectionClosed) -> Step:
+        return Action.CLOSE
+
+
+_READ = Action.READ
+_FLUSH = Action.FLUSH
+
+StepFunction = Callable[[SessionDriver, Any], Step]
+_STEPS: dict[type, StepFunction] = {
     Greeting: SessionDriver._on_greeting,
     Helo: SessionDriver._on_helo,
     MailFrom: SessionDriver._on_mail,
     RcptTo: SessionDriver._on_rcpt,
     AuthAttempt: SessionDriver._on_auth,
     MessageStart: SessionDriver._on_message_start,
+    DataChunk: SessionDriver._on_data,
     HeadersComplete: SessionDriver._on_headers,
     MessageComplete: SessionDriver._on_message,
     MessageAborted: SessionDriver._on_aborted,
@@ -358,4 +390,29 @@ _HANDLERS: dict[type, Callable[[SessionDriver, Event], Awaitable[None] | None]] 
     StartTls: SessionDriver._on_starttls,
     ProtocolViolation: SessionDriver._on_violation,
     Reset: SessionDriver._ignore,
+    TlsUpgrade: SessionDriver._on_tls_upgrade,
+    ConnectionClosed: SessionDriver._on_closed,
 }
+"""The step for each kind of event the core hands out."""
+_UNHOOKED: dict[type, tuple[str, StepFunction]] = {
+    Helo: ("on_helo", SessionDriver._accept),
+    MailFrom: ("on_mail_from", SessionDriver._accept),
+    RcptTo: ("on_rcpt_to", SessionDriver._accept),
+    MessageStart: ("on_message_start", SessionDriver._start_unhooked),
+    DataChunk: ("on_message_data", SessionDriver._collect),
+    HeadersComplete: ("on_message_headers", SessionDriver._ignore),
+    MessageComplete: ("on_message", SessionDriver._complete_unhooked),
+}
+"""The steps of the frequent events whose hook is left at its no-op default: the effect of
+their `_STEPS` step (whose `_call` would skip the hook and pass None on), minus the detour."""
+_step_tables: dict[type, dict[type, StepFunction]] = {}
+
+
+def _steps_of(handler: Handler, live: frozenset[str]) -> dict[type, StepFunction]:
+    """The steps for a handler's class, built once per class (as `live_hooks`)."""
+    cls = type(handler)
+    steps = _step_tables.get(cls)
+    if steps is None:
+        unhooked = {kind: step for kind, (hook, step) in _UNHOOKED.items() if hook not in live}
+        steps = _step_tables[cls] = {**_STEPS, **unhooked}
+    return steps
