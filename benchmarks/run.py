@@ -24,8 +24,10 @@ Beside them run the bare-bones servers of `benchmarks.bare` (canned replies, no 
 on asyncio, uvloop, trio and threads: how far each event loop lets any server go on this
 machine. The targets table prints each transport's ratio next to its loop's ceiling.
 
-A full run makes two rounds over all servers (each server started afresh per round) and
-keeps each figure's best: highest rate, lowest CPU per message, lowest memory. Errors,
+A full run makes three rounds over all servers (each server started afresh per round) and
+keeps each figure's best: highest rate, lowest CPU per message, lowest memory (on a small
+virtual machine one run can be twice as slow as the next, depending on whether server and
+generator share a core or wake each other across cores). Errors,
 time caps and an unsaturated server (one that used well under a core: the generator or the
 round trips, not the server, set the pace) are noted below the table. The full run takes
 about 8-12 minutes (hard budget 15), ``--quick`` (one round, fewer messages) about 3
@@ -200,7 +202,7 @@ def make_plan(quick: bool) -> Plan:
         Workload("big", "10 MiB, 1 session", "MiB/s 10 MiB", 1, big, 10 * MIB),
     )
     return Plan(
-        rounds=1 if quick else 2,
+        rounds=1 if quick else 3,
         workloads=workloads,
         time_cap=5.0 if quick else 12.0,
         budget=240.0 if quick else 900.0,
