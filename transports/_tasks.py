@@ -1,10 +1,10 @@
-"""The trio and anyio transports, written once: one task per connection, driving the core with
+"""The trio transport's sessions and server: one task per connection, driving the core with
 plain awaits.
 
 A session reads only when the driver asks for it, so replies stay in order and bytes sent after
-STARTTLS are never read as plaintext. Every library call goes through a `Backend`, the handful
-of operations trio and anyio name differently; `transports.trio` and `transports.anyio` each
-supply one, with their library's own calls, and subclass `TaskServer` as their `Server`.
+STARTTLS are never read as plaintext. Every library call goes through a `Backend`, which
+`transports.trio` supplies with trio's own calls (subclassing `TaskServer` as its `Server`);
+tests swap it on one server to intercept reads.
 
 On a ``proxy_protocol`` listener the connection's task first reads the PROXY header (within
 ``proxy_timeout``) and creates the session only then, with the addresses it names.
@@ -59,7 +59,7 @@ class Resource(Protocol):
 
 
 class Scope(Protocol):
-    """A cancel scope (`trio.CancelScope`, `anyio.CancelScope`)."""
+    """A cancel scope (`trio.CancelScope`)."""
 
     def cancel(self) -> None: ...
 
@@ -81,7 +81,7 @@ class Event(Protocol):
 
 
 class TaskGroup(Protocol):
-    """A `trio.Nursery` or an anyio `TaskGroup`."""
+    """A `trio.Nursery`."""
 
     @property
     def cancel_scope(self) -> Scope: ...
@@ -96,9 +96,9 @@ ListenerT = TypeVar("ListenerT", bound=Resource)
 
 
 class Backend(ABC, Generic[StreamT, ListenerT]):
-    """What trio and anyio spell differently: every call the shared logic makes into the
-    library. ``StreamT`` is the library's byte stream (plain or TLS), ``ListenerT`` its
-    listening socket; both are closed with their own ``aclose()``."""
+    """Every call the session and server logic makes into the library. ``StreamT`` is the
+    library's byte stream (plain or TLS), ``ListenerT`` its listening socket; both are closed
+    with their own ``aclose()``."""
 
     name: str
     """For the log: ``smtpcore (<name>) listening on ...``."""
@@ -137,16 +137,10 @@ class Backend(ABC, Generic[StreamT, ListenerT]):
     async def adopt(self, sock: socket.socket) -> ListenerT:
         """A listener on ``sock``, already bound and listening (it takes ``sock`` over).
 
-        Written here for both libraries, by `name`; a backend may override it."""
-        if self.name == "trio":
-            import trio
+        trio's, written here; a backend may override it."""
+        import trio
 
-            listener: Any = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
-        else:
-            from anyio.abc import SocketListener
-
-            listener = await SocketListener.from_socket(sock)
-        return cast(ListenerT, listener)
+        return cast(ListenerT, trio.SocketListener(trio.socket.from_stdlib_socket(sock)))
 
     @abstractmethod
     def local_address(self, listener: ListenerT) -> Any: ...
@@ -385,8 +379,8 @@ class _Session(Generic[StreamT]):
 
 
 class TaskServer(Generic[StreamT, ListenerT]):
-    """The server of `transports.trio` and `transports.anyio`: a subclass sets `backend` and
-    gives `_serve` a public ``serve`` with its library's ``task_status``."""
+    """The server of `transports.trio` (which `transports.anyio` runs on trio): a subclass
+    sets `backend` and gives `_serve` a public ``serve`` with its library's ``task_status``."""
 
     backend: Backend[StreamT, ListenerT]
 
@@ -396,7 +390,7 @@ class TaskServer(Generic[StreamT, ListenerT]):
         self.handler = handler
         self.options = ServerOptions.build(options, **kwargs)
         self.registry = Registry(self.options)
-        self._drained: Event | None = None  # made by serve: anyio objects need a running backend
+        self._drained: Event | None = None  # made by serve, in the run
         self._addresses: list[tuple[str, int]] = []
         self._listeners: list[tuple[ListenerT, Listener]] = []
         self._accepting: Scope | None = None

@@ -1,7 +1,7 @@
 """trio transport: one task per connection, driving the core with plain awaits.
 
-The session and server logic is `transports._tasks`, shared with `transports.anyio`; this file
-supplies it with trio's own calls (`_Trio`).
+The session and server logic is `transports._tasks`; this file supplies it with trio's own
+calls (`_Trio`). `transports.anyio` runs this server under anyio's trio backend.
 """
 
 from __future__ import annotations
