@@ -60,14 +60,22 @@ class CannedReplies:
         return b"".join(out), False
 
 
-class _Protocol(asyncio.Protocol):
+class _Protocol(asyncio.BufferedProtocol):
+    """Reads into one shared buffer: a plain Protocol makes the default loop allocate 256 KiB
+    per ``recv`` (mmap and munmap each time), which would set the ceiling too low."""
+
+    buffer = memoryview(bytearray(65536))
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is no asyncio subclass
         self.replies = CannedReplies()
         self.transport.write(GREETING)
 
-    def data_received(self, data: bytes) -> None:
-        out, quit_ = self.replies.feed(data)
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        out, quit_ = self.replies.feed(self.buffer[:nbytes].tobytes())
         if out:
             self.transport.write(out)
         if quit_:
