@@ -579,6 +579,18 @@ def idle_table(res: Results, n: int) -> Table:
     return table
 
 
+def ceiling_note(res: Results, server: str, gen: str, metric: str) -> str:
+    """`` (N.NNx)``: the bare server's ratio on the same loop; ``*`` when that rate was set by
+    the generator (the bare server used under `UNSATURATED` of a core)."""
+    bare = CEILING[server]
+    value = ratio(res, bare, gen, metric)
+    if value is None:
+        return ""
+    best = None if metric.startswith("cpu") else res.best(bare, gen, metric)
+    starved = best is not None and best.util < UNSATURATED
+    return f" ({fmt_x(value)}{'*' if starved else ''})"
+
+
 def target_table(res: Results) -> Table:
     """Each target's ratio, with the bare-bones server of the same loop in brackets."""
     table = Table(
@@ -599,8 +611,7 @@ def target_table(res: Results) -> Table:
             else:
                 for gen in res.generators:
                     r = ratio(res, server, gen, target.metric)
-                    ceiling = ratio(res, CEILING[server], gen, target.metric)
-                    cells.append(fmt_x(r) + ("" if ceiling is None else f" ({fmt_x(ceiling)})"))
+                    cells.append(fmt_x(r) + ceiling_note(res, server, gen, target.metric))
                     if r is not None:
                         met.append(r >= target.value)
             verdict = (
@@ -788,7 +799,8 @@ LEGEND = [
     " every message (connect, greeting, HELO, MAIL, RCPT, DATA, QUIT); MiB/s 10 MiB: one"
     " session.",
     "bare *: canned replies and no SMTP logic (benchmarks/bare.py): what the event loop alone"
-    " allows on this machine, not an SMTP server.",
+    " allows on this machine, not an SMTP server. In the targets table a ceiling marked *"
+    " came from a bare server that used under 70% of a core: the generator set that pace.",
     "vs aio: our rate / aiosmtpd's with the same generator; aio/ours: aiosmtpd's CPU per"
     " message / ours (both > 1 when we are better).",
     "! = some messages failed in that run; ~ = stopped by the time cap (rate still valid).",
