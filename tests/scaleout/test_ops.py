@@ -70,6 +70,7 @@ def wait_until(predicate: object, timeout: float = 5.0) -> bool:
 
 def test_metrics_count_sessions_messages_bytes_tls_and_hooks(transport: str) -> None:
     import prometheus_client  # noqa: F401  # a test dependency: missing, the test fails
+
     metrics = Metrics()
     listeners = (Listener("127.0.0.1", 0), Listener("127.0.0.1", 0, proxy_protocol=True))
     config = SmtpConfig(hostname="mx.test", tls_mode=TlsMode.OPTIONAL)
