@@ -103,10 +103,8 @@ class Backend(ABC, Generic[StreamT, ListenerT]):
     name: str
     """For the log: ``smtpcore (<name>) listening on ...``."""
     gone: tuple[type[Exception], ...]
-    """What a read or a write raises when the peer is gone."""
-    broken: tuple[type[Exception], ...]
-    """What a failed handshake raises; its ``__cause__`` is the `OSError` that says why, if
-    there was one."""
+    """What a read, a write or a handshake raises when the peer is gone or TLS broke; its
+    ``__cause__`` is the `OSError` that says why, if there was one."""
 
     @abstractmethod
     def current_time(self) -> float: ...
@@ -183,7 +181,7 @@ async def _handshake(
     try:
         with backend.move_on_after(timeout):
             return await backend.start_tls(stream, options.tls_context)
-    except backend.broken as exc:
+    except backend.gone as exc:
         if isinstance(exc.__cause__, OSError):
             raise exc.__cause__ from None
         raise ConnectionError("connection lost during the handshake") from exc

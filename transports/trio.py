@@ -23,7 +23,7 @@ Ts = TypeVarTuple("Ts")
 
 class _Trio(Backend[trio.abc.Stream, trio.SocketListener]):
     name = "trio"
-    gone = broken = (trio.BrokenResourceError, trio.ClosedResourceError)
+    gone = (trio.BrokenResourceError, trio.ClosedResourceError)
 
     def current_time(self) -> float:
         return trio.current_time()
