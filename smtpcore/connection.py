@@ -9,7 +9,7 @@ from __future__ import annotations
 import binascii
 import dataclasses
 from base64 import b64decode, b64encode
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from . import replies as R
@@ -81,6 +81,13 @@ class SmtpConnection:
     Args:
         config: the endpoint's settings.
         tls_active: True when the transport already runs TLS (implicit TLS, RFC 8314).
+        auto_accept: kinds of decision (`Greeting`, `Helo`, `MailFrom`, `RcptTo`) the core
+            accepts by itself with its default reply instead of handing them out, for an
+            application that would accept them unseen anyway: it saves a round trip through
+            `next_event` and `accept` per command. The envelope records them as usual.
+
+    Raises:
+        ValueError: ``auto_accept`` names another kind of event.
 
     The first event is `Greeting`; see README for a complete driving loop.
     """
@@ -88,6 +95,7 @@ class SmtpConnection:
     __slots__ = (
         "_auth",
         "_auth_failures",
+        "_auto",
         "_buffer",
         "_chunk_last",
         "_chunk_left",
@@ -121,7 +129,19 @@ class SmtpConnection:
         "config",
     )
 
-    def __init__(self, config: SmtpConfig | None = None, *, tls_active: bool = False) -> None:
+    def __init__(
+        self,
+        config: SmtpConfig | None = None,
+        *,
+        tls_active: bool = False,
+        auto_accept: Iterable[type[Event]] = (),
+    ) -> None:
+        self._auto = auto = frozenset(auto_accept)
+        if not auto <= AUTO_ACCEPTABLE:
+            names = ", ".join(
+                sorted(getattr(k, "__name__", repr(k)) for k in auto - AUTO_ACCEPTABLE)
+            )
+            raise ValueError(f"auto_accept takes Greeting, Helo, MailFrom, RcptTo; not {names}")
         self.config = config = config or SmtpConfig()
         self._facts = facts = _facts_of(config)
         self._enhanced = config.enhanced_status_codes
@@ -277,7 +297,7 @@ class SmtpConnection:
             if state is _TLS_HANDSHAKE:
                 return PAUSED
             if state is _GREETING:
-                events.append(Greeting())
+                self._ask(Greeting())
                 continue
             if len(self._outbox) >= OUTPUT_LIMIT:
                 return NEED_DATA  # write first (see output_full): a client that never reads
@@ -504,6 +524,14 @@ class SmtpConnection:
         what = "nothing" if self._pending is None else type(self._pending).__name__
         return LocalProtocolError(f"{type(event).__name__} is not pending (pending: {what})")
 
+    def _ask(self, event: Event) -> None:
+        """Queue a decision, or take it now if the application left its kind to the core
+        (nothing else is queued when a command is parsed, so the order stays the same)."""
+        if type(event) in self._auto:
+            _ON_ACCEPT[type(event)](self, event, None, None)
+        else:
+            self._events.append(event)
+
     def _send(self, reply: Reply, *, enhanced: bool = True) -> None:
         self._outbox += reply._wire[enhanced and self._enhanced]  # what to_bytes() returns
 
@@ -697,14 +725,14 @@ class SmtpConnection:
         if not arg or " " in arg:
             self._violation(R.BAD_ARGUMENTS.with_text(f"Syntax: {verb} hostname"), raw)
             return
-        self._events.append(Helo(verb=verb, domain=arg))  # type: ignore[arg-type]  # one of the three
+        self._ask(Helo(verb=verb, domain=arg))  # type: ignore[arg-type]  # one of the three
 
     def _cmd_mail(self, verb: str, arg: str, raw: bytes) -> None:
         parsed = parse_mail(arg, self.config, auth_offered=self._offers_auth)
         if isinstance(parsed, Reply):
             self._violation(parsed, raw)
         else:
-            self._events.append(parsed)
+            self._ask(parsed)
 
     def _cmd_rcpt(self, verb: str, arg: str, raw: bytes) -> None:
         if len(self._envelope.rcpt_tos) >= self.config.max_recipients:
@@ -715,7 +743,7 @@ class SmtpConnection:
         if isinstance(parsed, Reply):
             self._violation(parsed, raw)
         else:
-            self._events.append(parsed)
+            self._ask(parsed)
 
     def _cmd_data(self, verb: str, arg: str, raw: bytes) -> None:
         mail = self._envelope.mail_from
@@ -978,6 +1006,8 @@ _NO_ENVELOPE = Envelope()
 OUTPUT_LIMIT = 64 * 1024
 """Octets of replies after which parsing waits until they are taken (see `output_full`)."""
 _CONTENT_EVENTS = (DataChunk, HeadersComplete)
+AUTO_ACCEPTABLE = frozenset({Greeting, Helo, MailFrom, RcptTo})
+"""The decisions `SmtpConnection` can take by itself (its ``auto_accept``)."""
 _ON_ACCEPT: dict[type, Callable[[SmtpConnection, Any, Reply | None, str | None], None]] = {
     Greeting: SmtpConnection._accepted_greeting,
     Helo: SmtpConnection._accepted_helo,

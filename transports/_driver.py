@@ -141,13 +141,14 @@ class SessionDriver:
     ) -> None:
         self.handler = handler
         self.live = live = live_hooks(handler)
-        self._steps = _steps_of(handler, live)
+        self._steps, auto = _steps_of(handler, live)
         self.ctx = ctx
-        self.conn = SmtpConnection(config, tls_active=tls_active)
+        self.conn = SmtpConnection(config, tls_active=tls_active, auto_accept=auto)
         ctx.connection = self.conn
         self._sleep = sleep
         self.auth_failure_delay = auth_failure_delay
         self.logger = logger or _LOGGER
+        self.log(logging.DEBUG, "connected")
 
     # ---------------------------------------------------------------- transport side
 
@@ -286,7 +287,6 @@ class SessionDriver:
         self.conn.accept(event, rewrite=result if isinstance(result, str) and result else None)
 
     def _on_greeting(self, event: Greeting) -> Step:
-        self.log(logging.DEBUG, "connected")
         return self._call(event, "on_connect", (), self._accept)
 
     def _on_helo(self, event: Helo) -> Step:
@@ -394,10 +394,15 @@ _STEPS: dict[type, StepFunction] = {
     ConnectionClosed: SessionDriver._on_closed,
 }
 """The step for each kind of event the core hands out."""
+_AUTO: dict[type[Event], str] = {
+    Greeting: "on_connect",
+    Helo: "on_helo",
+    MailFrom: "on_mail_from",
+    RcptTo: "on_rcpt_to",
+}
+"""The decisions the core takes by itself (`SmtpConnection`'s ``auto_accept``) when their
+hook is left at its default, which accepts."""
 _UNHOOKED: dict[type, tuple[str, StepFunction]] = {
-    Helo: ("on_helo", SessionDriver._accept),
-    MailFrom: ("on_mail_from", SessionDriver._accept),
-    RcptTo: ("on_rcpt_to", SessionDriver._accept),
     MessageStart: ("on_message_start", SessionDriver._start_unhooked),
     DataChunk: ("on_message_data", SessionDriver._collect),
     HeadersComplete: ("on_message_headers", SessionDriver._ignore),
@@ -405,14 +410,18 @@ _UNHOOKED: dict[type, tuple[str, StepFunction]] = {
 }
 """The steps of the frequent events whose hook is left at its no-op default: the effect of
 their `_STEPS` step (whose `_call` would skip the hook and pass None on), minus the detour."""
-_step_tables: dict[type, dict[type, StepFunction]] = {}
+_step_tables: dict[type, tuple[dict[type, StepFunction], frozenset[type[Event]]]] = {}
 
 
-def _steps_of(handler: Handler, live: frozenset[str]) -> dict[type, StepFunction]:
-    """The steps for a handler's class, built once per class (as `live_hooks`)."""
+def _steps_of(
+    handler: Handler, live: frozenset[str]
+) -> tuple[dict[type, StepFunction], frozenset[type[Event]]]:
+    """The steps for a handler's class and the decisions left to the core, worked out once
+    per class (as `live_hooks`)."""
     cls = type(handler)
-    steps = _step_tables.get(cls)
-    if steps is None:
+    known = _step_tables.get(cls)
+    if known is None:
         unhooked = {kind: step for kind, (hook, step) in _UNHOOKED.items() if hook not in live}
-        steps = _step_tables[cls] = {**_STEPS, **unhooked}
-    return steps
+        auto = frozenset(kind for kind, hook in _AUTO.items() if hook not in live)
+        known = _step_tables[cls] = ({**_STEPS, **unhooked}, auto)
+    return known

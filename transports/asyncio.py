@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
 from collections.abc import Awaitable
 from typing import Any
 
@@ -49,9 +50,11 @@ class _Protocol(asyncio.BufferedProtocol):
         "loop",
         "proxy",
         "proxy_timer",
+        "reading_paused",
         "server",
         "tracked",
         "transport",
+        "unsent",
         "writing_paused",
     )
 
@@ -63,6 +66,11 @@ class _Protocol(asyncio.BufferedProtocol):
         self.tracked: Tracked | None = None
         self.transport: Any = None
         self.writing_paused = False
+        self.reading_paused = False
+        """Set by `_pause_reading`: only then does going back to reading cost a call."""
+        self.unsent = b""
+        """Replies held until the loop has handled every read it was woken for (see
+        `Server.write_unsent`)."""
         self.held: list[bytes] | None = None
         """Bytes received while `start_tls` runs; fed to the core once it knows TLS is on."""
         self.proxy: ProxyHeaderParser | None = None
@@ -108,13 +116,13 @@ class _Protocol(asyncio.BufferedProtocol):
             except Exception as exc:
                 return self._refuse("proxy-refused", f"on_proxy refused the client: {exc!r}")
             if isinstance(pending, Awaitable):
-                transport.pause_reading()
+                self._pause_reading()
                 server.spawn(self._proxy_hook_then_admit(pending, driver, remainder))
                 return
         self._admit(driver, remainder)
 
     def _admit(self, driver: SessionDriver, remainder: bytes) -> None:
-        self.tracked = Tracked(driver, self.loop.time())
+        self.tracked = Tracked(driver, time.monotonic())
         self.server.registry.sessions.add(self)
         if remainder:  # what followed the PROXY header is SMTP
             driver.feed(remainder)
@@ -181,7 +189,6 @@ class _Protocol(asyncio.BufferedProtocol):
             if self.proxy is not None:
                 self._proxy_data(self.proxy, data)
             return
-        tracked.last_active = self.loop.time()
         if self.held is not None:
             # start_tls() delivers what came with the client's Finished (TLS 1.3 clients send
             # their first command right behind it) before it returns to us: keep it for later.
@@ -207,6 +214,7 @@ class _Protocol(asyncio.BufferedProtocol):
         if tracked is None:
             return
         self.tracked = None
+        self.unsent = b""
         self.server.registry.sessions.discard(self)
         driver = tracked.driver
         if not driver.conn.closed:
@@ -220,7 +228,7 @@ class _Protocol(asyncio.BufferedProtocol):
 
     def pause_writing(self) -> None:
         self.writing_paused = True
-        self.transport.pause_reading()
+        self._pause_reading()
 
     def resume_writing(self) -> None:
         self.writing_paused = False
@@ -229,7 +237,12 @@ class _Protocol(asyncio.BufferedProtocol):
                 self.flushing = False
                 self._pump()
             else:
+                self.reading_paused = False
                 self.transport.resume_reading()
+
+    def _pause_reading(self) -> None:
+        self.reading_paused = True
+        self.transport.pause_reading()
 
     # ---- driving
 
@@ -246,7 +259,7 @@ class _Protocol(asyncio.BufferedProtocol):
         """Run an async step with reading paused, then act on its outcome."""
         assert self.tracked is not None
         self.tracked.busy = True
-        self.transport.pause_reading()
+        self._pause_reading()
         self.server.spawn(self._finish(step))
 
     async def _finish(self, step: Awaitable[Action | None]) -> None:
@@ -270,14 +283,24 @@ class _Protocol(asyncio.BufferedProtocol):
         tracked = self.tracked
         assert tracked is not None
         out = tracked.driver.output()
-        if out:
-            self.transport.write(out)
+        if action is not Action.READ:
+            if self.unsent:
+                self.write_unsent()
+            if out:
+                self.transport.write(out)
+        elif out:
+            if self.unsent:
+                self.unsent += out
+            else:
+                self.unsent = out
+                self.server.hold_unsent(self)
         if action is Action.READ:
-            tracked.last_active = self.loop.time()  # the idle timeout runs from now
+            tracked.last_active = time.monotonic()  # the idle timeout runs from now
             if self.server.registry.stopping and not tracked.driver.conn.in_transaction:
                 tracked.driver.shutdown()
                 self._pump()
-            elif tracked.busy is False and not self.writing_paused:
+            elif self.reading_paused and tracked.busy is False and not self.writing_paused:
+                self.reading_paused = False
                 self.transport.resume_reading()
         elif action is Action.FLUSH:
             if self.writing_paused:  # resume_writing goes on
@@ -289,6 +312,11 @@ class _Protocol(asyncio.BufferedProtocol):
             self._wait(self._start_tls())
         else:
             self.transport.close()
+
+    def write_unsent(self) -> None:
+        out, self.unsent = self.unsent, b""
+        if out:
+            self.transport.write(out)
 
     def _pump_again(self) -> None:
         if self.tracked is not None and not self.tracked.busy:
@@ -313,7 +341,7 @@ class _Protocol(asyncio.BufferedProtocol):
         if transport is None:
             return self._tls_failed(ConnectionError("connection closed during handshake"))
         self.transport = transport
-        tracked.last_active = self.loop.time()
+        tracked.last_active = time.monotonic()
         tracked.driver.tls_started(tls_facts(transport.get_extra_info("ssl_object")))
         for data in held:
             tracked.driver.feed(data)
@@ -371,6 +399,7 @@ class Server:
         """Connections whose PROXY header has not arrived yet (not sessions so far)."""
         self.read_buffer = memoryview(bytearray(self.options.read_size))
         """Where every connection's reads land (see the module docstring)."""
+        self._unsent: list[_Protocol] = []
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
@@ -441,14 +470,30 @@ class Server:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
+    def hold_unsent(self, protocol: _Protocol) -> None:
+        """Write ``protocol``'s replies once this turn of the loop has handled all its reads.
+
+        On a busy server the loop wakes up for many sessions at once. Written back to back
+        after them all, the replies reach a local client while it is still busy with the first
+        ones; written one by one as each is made, every reply would wake an idle client
+        again, which costs the server's CPU (in the kernel) more than making the reply.
+        """
+        if not self._unsent:
+            self.loop.call_soon(self._write_unsent)
+        self._unsent.append(protocol)
+
+    def _write_unsent(self) -> None:
+        held, self._unsent = self._unsent, []
+        for protocol in held:
+            protocol.write_unsent()
+
     def spawn(self, awaitable: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(awaitable)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _sweep(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self.options.tick)
-            for session in self.registry.expired(loop.time()):
+            for session in self.registry.expired(time.monotonic()):
                 session.timed_out()

@@ -22,7 +22,10 @@ from smtpcore import (
     CrlfMode,
     DataChunk,
     Event,
+    Greeting,
     HeadersComplete,
+    Helo,
+    MailFrom,
     MessageAborted,
     MessageComplete,
     RcptTo,
@@ -246,10 +249,12 @@ def scripts(max_overlong: int = MAX_BUFFER) -> st.SearchStrategy[bytes]:
 # --------------------------------------------------------------------------- driving
 
 
-def run(config: SmtpConfig, chunks: Sequence[bytes]) -> tuple[list[Event], bytes]:
+def run(
+    config: SmtpConfig, chunks: Sequence[bytes], auto_accept: Sequence[type[Event]] = ()
+) -> tuple[list[Event], bytes]:
     """Feed ``chunks`` (none empty), then the peer's EOF; every event and output byte."""
     assert all(chunks), "an empty chunk would mean EOF"
-    conn = SmtpConnection(config)
+    conn = SmtpConnection(config, auto_accept=auto_accept)
     events, out = feed(conn, chunks, decide)
     if not conn.closed:
         conn.receive_data(b"")
@@ -310,6 +315,28 @@ def test_arbitrary_cut_points(
 @given(wire=scripts(max_overlong=MAX_BUFFER))
 def test_byte_at_a_time(crlf_mode: CrlfMode, lmtp: bool, wire: bytes) -> None:
     check_same(make_config(crlf_mode, lmtp), wire, [wire[i : i + 1] for i in range(len(wire))])
+
+
+ALWAYS_ACCEPTED = (Greeting, Helo, MailFrom)
+"""The decisions `decide` accepts whatever they hold: the core may take them by itself."""
+
+
+@pytest.mark.parametrize(("crlf_mode", "lmtp"), MODES)
+@SETTINGS
+@given(wire=scripts(max_overlong=MAX_BUFFER), data=st.data())
+def test_auto_accept_is_accepting_unseen(
+    crlf_mode: CrlfMode, lmtp: bool, wire: bytes, data: st.DataObject
+) -> None:
+    """Left to the core, those decisions give the bytes and events of accepting them by hand,
+    minus the events themselves, however the input is cut."""
+    config = make_config(crlf_mode, lmtp)
+    points = data.draw(st.lists(st.integers(0, max(len(wire), 1)), max_size=40), label="cuts")
+    by_hand_events, by_hand_out = run(config, [wire] if wire else [])
+    auto_events, auto_out = run(config, cut(wire, points), auto_accept=ALWAYS_ACCEPTED)
+    assert auto_out == by_hand_out
+    unseen = [e for e in by_hand_events if not isinstance(e, ALWAYS_ACCEPTED)]
+    assert canonical(auto_events) == canonical(unseen)
+    assert not any(isinstance(e, ALWAYS_ACCEPTED) for e in auto_events)
 
 
 @st.composite
