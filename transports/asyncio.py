@@ -70,7 +70,7 @@ class _Protocol(asyncio.BufferedProtocol):
         """Set by `_pause_reading`: only then does going back to reading cost a call."""
         self.unsent = b""
         """Replies held until the loop has handled every read it was woken for (see
-        `Server.write_unsent`)."""
+        `Server.reply`)."""
         self.held: list[bytes] | None = None
         """Bytes received while `start_tls` runs; fed to the core once it knows TLS is on."""
         self.proxy: ProxyHeaderParser | None = None
@@ -289,11 +289,7 @@ class _Protocol(asyncio.BufferedProtocol):
             if out:
                 self.transport.write(out)
         elif out:
-            if self.unsent:
-                self.unsent += out
-            else:
-                self.unsent = out
-                self.server.hold_unsent(self)
+            self.server.reply(self, out)
         if action is Action.READ:
             tracked.last_active = time.monotonic()  # the idle timeout runs from now
             if self.server.registry.stopping and not tracked.driver.conn.in_transaction:
@@ -399,7 +395,9 @@ class Server:
         """Connections whose PROXY header has not arrived yet (not sessions so far)."""
         self.read_buffer = memoryview(bytearray(self.options.read_size))
         """Where every connection's reads land (see the module docstring)."""
-        self._unsent: list[_Protocol] = []
+        self._held: list[_Protocol] | None = None
+        """Sessions whose replies wait for the end of this turn of the loop; None when the
+        loop's next reply is the first of a turn (see `reply`)."""
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
@@ -470,20 +468,29 @@ class Server:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
-    def hold_unsent(self, protocol: _Protocol) -> None:
-        """Write ``protocol``'s replies once this turn of the loop has handled all its reads.
+    def reply(self, protocol: _Protocol, out: bytes) -> None:
+        """Write ``out`` for ``protocol`` now if it is the first reply of this turn of the
+        loop, else once the turn has handled all the reads it was woken for.
 
         On a busy server the loop wakes up for many sessions at once. Written back to back
         after them all, the replies reach a local client while it is still busy with the first
         ones; written one by one as each is made, every reply would wake an idle client
-        again, which costs the server's CPU (in the kernel) more than making the reply.
+        again, which costs the server's CPU (in the kernel) more than making the reply. The
+        first goes out at once, so a lone session waits for nothing.
         """
-        if not self._unsent:
-            self.loop.call_soon(self._write_unsent)
-        self._unsent.append(protocol)
+        held = self._held
+        if held is None:
+            self._held = []
+            self.loop.call_soon(self._end_turn)
+            protocol.transport.write(out)
+        elif protocol.unsent:
+            protocol.unsent += out
+        else:
+            protocol.unsent = out
+            held.append(protocol)
 
-    def _write_unsent(self) -> None:
-        held, self._unsent = self._unsent, []
+    def _end_turn(self) -> None:
+        held, self._held = self._held or [], None
         for protocol in held:
             protocol.write_unsent()
 
