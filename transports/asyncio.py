@@ -283,14 +283,9 @@ class _Protocol(asyncio.BufferedProtocol):
         tracked = self.tracked
         assert tracked is not None
         out = tracked.driver.output()
-        if action is not Action.READ:
-            if self.unsent:
-                self.write_unsent()
-            if out:
-                self.transport.write(out)
-        elif out:
-            self.server.reply(self, out)
         if action is Action.READ:
+            if out:
+                self.server.reply(self, out)
             tracked.last_active = time.monotonic()  # the idle timeout runs from now
             if self.server.registry.stopping and not tracked.driver.conn.in_transaction:
                 tracked.driver.shutdown()
@@ -298,7 +293,11 @@ class _Protocol(asyncio.BufferedProtocol):
             elif self.reading_paused and tracked.busy is False and not self.writing_paused:
                 self.reading_paused = False
                 self.transport.resume_reading()
-        elif action is Action.FLUSH:
+            return
+        self.write_unsent()  # what waits for the end of the turn goes first
+        if out:
+            self.transport.write(out)
+        if action is Action.FLUSH:
             if self.writing_paused:  # resume_writing goes on
                 self.flushing = True
             else:
@@ -490,8 +489,8 @@ class Server:
             held.append(protocol)
 
     def _end_turn(self) -> None:
-        held, self._held = self._held or [], None
-        for protocol in held:
+        held, self._held = self._held, None
+        for protocol in held or ():
             protocol.write_unsent()
 
     def spawn(self, awaitable: Awaitable[Any]) -> None:
