@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from smtpcore import Event, Reply, SmtpConfig, SmtpConnection
+from smtpcore import Event, Reply, SmtpConnection
 from smtpcore.proxy import ProxyInfo, trusted
 from smtpcore.replies import SERVICE_UNAVAILABLE
 
@@ -156,7 +156,7 @@ def new_session(
     )
     if observer is not None:
         assert isinstance(driver, ObservedDriver)
-        driver.observe(observer, options.config, tls_active=ssl_object is not None)
+        driver.observe(observer)
         if ssl_object is not None:
             observer.tls_handshake(True)
     return driver
@@ -188,17 +188,16 @@ class ObservedDriver(SessionDriver):
 
     __slots__ = ("_hook_end", "_started", "observer")
 
+    connection_class = _ObservedConnection
     observer: Observer
 
-    def observe(self, observer: Observer, config: SmtpConfig, *, tls_active: bool) -> None:
-        """Start reporting to ``observer`` (right after construction: the core is replaced by
-        one that reports too)."""
+    def observe(self, observer: Observer) -> None:
+        """Start reporting to ``observer`` (right after construction, before any event)."""
         self.observer = observer
         self._started = False
         self._hook_end: float | None = None
-        conn = _ObservedConnection(config, tls_active=tls_active)
-        conn.observer = observer
-        self.conn = self.ctx.connection = conn
+        assert isinstance(self.conn, _ObservedConnection)
+        self.conn.observer = observer
 
     def feed(self, data: bytes) -> None:
         if data:

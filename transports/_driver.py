@@ -128,6 +128,9 @@ class SessionDriver:
         "logger",
     )
 
+    connection_class: type[SmtpConnection] = SmtpConnection
+    """The core's class (a subclass may report what the core does)."""
+
     def __init__(
         self,
         handler: Handler,
@@ -143,7 +146,7 @@ class SessionDriver:
         self.live = live = live_hooks(handler)
         self._steps, auto = _steps_of(handler, live)
         self.ctx = ctx
-        self.conn = SmtpConnection(config, tls_active=tls_active, auto_accept=auto)
+        self.conn = self.connection_class(config, tls_active=tls_active, auto_accept=auto)
         ctx.connection = self.conn
         self._sleep = sleep
         self.auth_failure_delay = auth_failure_delay
