@@ -126,6 +126,7 @@ class SessionDriver:
         "handler",
         "live",
         "logger",
+        "output",
     )
 
     connection_class: type[SmtpConnection] = SmtpConnection
@@ -146,8 +147,10 @@ class SessionDriver:
         self.live = live = live_hooks(handler)
         self._steps, auto = _steps_of(handler, live)
         self.ctx = ctx
-        self.conn = self.connection_class(config, tls_active=tls_active, auto_accept=auto)
-        ctx.connection = self.conn
+        self.conn = conn = self.connection_class(config, tls_active=tls_active, auto_accept=auto)
+        ctx.connection = conn
+        self.output: Callable[[], bytes] = conn.data_to_send
+        """The bytes to write now (the core's own `data_to_send`)."""
         self._sleep = sleep
         self.auth_failure_delay = auth_failure_delay
         self.logger = logger or _LOGGER
@@ -156,8 +159,8 @@ class SessionDriver:
     # ---------------------------------------------------------------- transport side
 
     def feed(self, data: bytes) -> None:
-        """Bytes from the peer (``b""`` when it closed)."""
-        if not self.conn.closed:
+        """Bytes from the peer (``b""`` when it closed); a closed core ignores them."""
+        if data or not self.conn.closed:  # bytes after the end are dropped by the core itself
             self.conn.receive_data(data)
 
     def lost(self) -> Action | Awaitable[Action]:
@@ -165,9 +168,6 @@ class SessionDriver:
         while a hook runs): end it, reporting an unfinished message as aborted."""
         self.conn.close(None, CloseReason.PEER_CLOSED)
         return self.pump()
-
-    def output(self) -> bytes:
-        return self.conn.data_to_send()
 
     def pump(self) -> Action | Awaitable[Action]:
         """Handle events until the transport must act (or an async hook must be awaited)."""
