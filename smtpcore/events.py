@@ -270,7 +270,7 @@ def _slot_init(cls: type) -> Callable[..., None]:
     through its descriptor: same parameters, defaults and factories as the generated one, which
     goes through ``object.__setattr__`` per field and takes twice as long on CPython 3.11 (the
     core makes several events per command)."""
-    namespace: dict[str, object] = {"_FACTORY": _FACTORY}
+    namespace: dict[str, object] = {"__name__": __name__, "_FACTORY": _FACTORY}
     params, body = [], []
     for f in fields(cls):
         namespace[f"_set_{f.name}"] = getattr(cls, f.name).__set__
@@ -315,3 +315,4 @@ for _cls in (
     ConnectionClosed,
 ):
     setattr(_cls, "__init__", _slot_init(_cls))  # noqa: B010  # mypy keeps the dataclass view
+del _cls
