@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from smtpcore import Event, Reply, SmtpConnection
-from smtpcore.proxy import ProxyInfo, trusted
+from smtpcore.proxy import ProxyInfo, ProxyProtocolError, trusted
 from smtpcore.replies import SERVICE_UNAVAILABLE
 
 from ._driver import _NO_OP_HOOKS, OnResult, SessionDriver
@@ -250,6 +250,14 @@ class ObservedDriver(SessionDriver):
 
 
 # ---------------------------------------------------------------- PROXY protocol
+
+
+def proxy_header_failure(exc: ProxyProtocolError, data: bytes) -> tuple[str, str]:
+    """(reason, detail) for refusing a bad PROXY header: malformed, or the peer closed
+    (``data`` empty) before it ended."""
+    if data:
+        return "proxy-malformed", f"bad PROXY header: {exc}"
+    return "proxy-incomplete", "closed before its PROXY header ended"
 
 
 def proxy_peer_trusted(options: ServerOptions, peername: Any) -> bool:

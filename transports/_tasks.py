@@ -31,6 +31,7 @@ from ._common import (
     Registry,
     Tracked,
     new_session,
+    proxy_header_failure,
     proxy_hook,
     proxy_peer_trusted,
     refuse_connection,
@@ -580,11 +581,7 @@ class TaskServer(Generic[StreamT, ListenerT]):
                     try:
                         info = parser.feed(data)
                     except ProxyProtocolError as exc:
-                        reason, detail = (
-                            ("proxy-malformed", f"bad PROXY header: {exc}")
-                            if data
-                            else ("proxy-incomplete", "closed before its PROXY header ended")
-                        )
+                        reason, detail = proxy_header_failure(exc, data)
                         break
                     if info is not None:
                         return info, parser.remainder

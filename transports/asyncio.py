@@ -29,6 +29,7 @@ from ._common import (
     Registry,
     Tracked,
     new_session,
+    proxy_header_failure,
     proxy_hook,
     proxy_peer_trusted,
     refuse_connection,
@@ -150,9 +151,7 @@ class _Protocol(asyncio.BufferedProtocol):
         try:
             info = parser.feed(data)
         except ProxyProtocolError as exc:
-            if data:
-                return self._refuse("proxy-malformed", f"bad PROXY header: {exc}")
-            return self._refuse("proxy-incomplete", "closed before its PROXY header ended")
+            return self._refuse(*proxy_header_failure(exc, data))
         if info is not None:
             self._proxy_done()
             self._begin(info, parser.remainder)

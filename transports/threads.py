@@ -39,6 +39,7 @@ from ._common import (
     Tracked,
     check_sync_handler,
     new_session,
+    proxy_header_failure,
     proxy_hook,
     proxy_peer_trusted,
     refuse_connection,
@@ -194,11 +195,7 @@ class _Connection:
                 try:
                     info = parser.feed(data)
                 except ProxyProtocolError as exc:
-                    reason, detail = (
-                        ("proxy-malformed", f"bad PROXY header: {exc}")
-                        if data
-                        else ("proxy-incomplete", "closed before its PROXY header ended")
-                    )
+                    reason, detail = proxy_header_failure(exc, data)
                     break
                 if info is not None:
                     return info, parser.remainder
