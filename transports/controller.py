@@ -26,8 +26,8 @@ class ServerThread:
     """A server of the named transport running in a daemon thread.
 
     Args:
-        transport: ``threads``, ``asyncio``, ``trio``, ``anyio`` (anyio on asyncio), or
-            ``anyio-trio`` (anyio on trio).
+        transport: ``threads``, ``asyncio``, ``asyncio-uvloop`` (asyncio on uvloop),
+            ``trio``, ``anyio`` (anyio on asyncio), or ``anyio-trio`` (anyio on trio).
         handler: the handler.
         options: `ServerOptions`, or its fields as keywords (``host``, ``port``...).
         ready_timeout: seconds to wait for the listeners to be bound.
@@ -121,7 +121,13 @@ class ServerThread:
             await stopped.wait()
             await self.server.stop(grace_box[0])
 
-        asyncio.run(main())
+        if self._backend == "uvloop":
+            import uvloop
+
+            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                runner.run(main())
+        else:
+            asyncio.run(main())
 
     def _run_trio(self) -> None:
         import trio

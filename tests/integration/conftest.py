@@ -21,7 +21,7 @@ from transports.handler import Handler
 
 from ._support import asyncify
 
-TRANSPORT_NAMES = ["threads", "asyncio", "trio", "anyio", "anyio-trio"]
+TRANSPORT_NAMES = ["threads", "asyncio", "asyncio-uvloop", "trio", "anyio", "anyio-trio"]
 STOP_GRACE = 2.0
 STOP_TIMEOUT = 15.0
 
