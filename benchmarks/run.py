@@ -20,6 +20,10 @@ idle connection (500 connections that have read their greeting). Every ratio com
 server with aiosmtpd measured by the same generator in the same run, so the table stays
 meaningful on a machine that is slower or busier than the one that set the targets.
 
+The "compiled" servers are the same transports run from a copy of the tree built with
+``SMTPCORE_COMPILE=1`` (the core and the asyncio transport compiled with mypyc, see setup.py and
+`benchmarks.compiled`); the build takes about half a minute at the start of the run.
+
 Beside them run the bare-bones servers of `benchmarks.bare` (canned replies, no SMTP logic)
 on asyncio, uvloop, trio and threads: how far each event loop lets any server go on this
 machine. The targets table prints each transport's ratio next to its loop's ceiling.
@@ -64,6 +68,7 @@ from types import FrameType
 if __package__ in (None, ""):  # run as a script: make the package importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.compiled import build_compiled_tree
 from benchmarks.core_bench import cpu_model, load_average
 from benchmarks.loadgen import (
     CACHE_DIR,
@@ -108,6 +113,8 @@ class ServerSpec:
     needs: tuple[str, ...] = ()
     """Modules that must be importable, else the server is skipped (with a note)."""
     bare: bool = False
+    compiled: bool = False
+    """Run from the compiled tree (`benchmarks.compiled`) instead of the sources."""
 
     def module_argv(self, port: int) -> list[str]:
         """``[module, *args]``: what follows ``python -m`` to run this server."""
@@ -136,6 +143,10 @@ SERVERS = [
     ServerSpec("trio", "trio", needs=("trio",)),
     ServerSpec("anyio", "anyio", needs=("anyio",)),
     ServerSpec("anyio+uvloop", "anyio", "uvloop", ("anyio", "uvloop")),
+    ServerSpec("asyncio compiled", "asyncio", needs=("mypyc",), compiled=True),
+    ServerSpec("asyncio+uvloop compiled", "asyncio", "uvloop", ("uvloop", "mypyc"), compiled=True),
+    ServerSpec("trio compiled", "trio", needs=("trio", "mypyc"), compiled=True),
+    ServerSpec("threads compiled", "threads", needs=("mypyc",), compiled=True),
     ServerSpec("bare asyncio", "asyncio", bare=True),
     ServerSpec("bare uvloop", "asyncio", "uvloop", ("uvloop",), bare=True),
     ServerSpec("bare trio", "trio", needs=("trio",), bare=True),
@@ -150,6 +161,10 @@ CEILING = {
     "trio": "bare trio",
     "anyio": "bare asyncio",
     "anyio+uvloop": "bare uvloop",
+    "asyncio compiled": "bare asyncio",
+    "asyncio+uvloop compiled": "bare uvloop",
+    "trio compiled": "bare trio",
+    "threads compiled": "bare threads",
 }
 """The bare-bones server on the same event loop: the most any server there can reach."""
 
@@ -307,8 +322,16 @@ def alive(pid: int) -> bool:
 class Runner:
     """Runs the plan, one server at a time, and collects `Results`."""
 
-    def __init__(self, plan: Plan, servers: Sequence[ServerSpec], generators: Sequence[str]):
+    def __init__(
+        self,
+        plan: Plan,
+        servers: Sequence[ServerSpec],
+        generators: Sequence[str],
+        compiled_tree: Path | None = None,
+    ):
         self.plan = plan
+        self.compiled_tree = compiled_tree
+        """Where the compiled servers run from (None: no compiled server in this run)."""
         self.servers = list(servers)
         self.generators = list(generators)
         self.results = Results(list(generators), [s.name for s in servers])
@@ -344,7 +367,8 @@ class Runner:
     def run_server(self, spec: ServerSpec, rnd: int, gens: Sequence[str]) -> None:
         port = free_port(HOST)
         try:
-            server = ServerProcess(spec.argv(port), port, HOST, cwd=ROOT).start()
+            cwd = self.compiled_tree if spec.compiled else ROOT
+            server = ServerProcess(spec.argv(port), port, HOST, cwd=cwd).start()
         except (OSError, RuntimeError, TimeoutError) as exc:
             self.results.fail(spec.name, f"did not start: {first_line(exc)}", fatal=True)
             print(f"   FAILED to start: {exc}", file=sys.stderr, flush=True)
@@ -481,6 +505,10 @@ TARGETS: dict[str, list[Target]] = {
     "trio": ratio_targets(3.0),
     "anyio": ratio_targets(3.0),
     "anyio+uvloop": ratio_targets(3.0),
+    "asyncio compiled": [*ratio_targets(6.0), Target("idle", "idle conn <= 3 KB", 3.0)],
+    "asyncio+uvloop compiled": [*ratio_targets(6.0), Target("idle", "idle conn <= 3 KB", 3.0)],
+    "trio compiled": ratio_targets(3.0),
+    "threads compiled": [Target("s10", "msgs/s @10 >= 2x", 2.0)],
 }
 
 
@@ -801,6 +829,8 @@ LEGEND = [
     "bare *: canned replies and no SMTP logic (benchmarks/bare.py): what the event loop alone"
     " allows on this machine, not an SMTP server. In the targets table a ceiling marked *"
     " came from a bare server that used under 70% of a core: the generator set that pace.",
+    "compiled: the same transport with the core and the asyncio transport compiled by mypyc"
+    " (SMTPCORE_COMPILE=1, setup.py); the other rows run the Python sources.",
     "vs aio: our rate / aiosmtpd's with the same generator; aio/ours: aiosmtpd's CPU per"
     " message / ours (both > 1 when we are better).",
     "! = some messages failed in that run; ~ = stopped by the time cap (rate still valid).",
@@ -948,7 +978,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--output", type=Path, default=RESULTS, help=f"Markdown file (default: {RESULTS})"
     )
     parser.add_argument(
-        "--profile", metavar="NAME", choices=SERVER_NAMES, help="profile one server instead"
+        "--profile",
+        metavar="NAME",
+        choices=[s.name for s in SERVERS if not s.compiled],  # cProfile sees no compiled code
+        help="profile one server instead",
     )
     parser.add_argument("--profile-seconds", type=float, default=5.0, metavar="S")
     return parser
@@ -1017,8 +1050,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"servers: {', '.join(s.name for s in servers)}", flush=True)
 
     started = time.monotonic()
-    runner = Runner(plan, servers, gens)
-    res = runner.run()
+    with tempfile.TemporaryDirectory(prefix="smtpcore-compiled-") as tmp:
+        compiled_tree = None
+        if any(s.compiled for s in servers):
+            print("building the compiled tree (setup.py, SMTPCORE_COMPILE=1)...", flush=True)
+            compiled_tree = build_compiled_tree(Path(tmp))
+        runner = Runner(plan, servers, gens, compiled_tree)
+        res = runner.run()
     res.skipped += [f"{a}: not installed" for a in absent]
     env.load_end = load_average()
     env.machine_idle = runner.machine_idle()

@@ -6,6 +6,7 @@ answer decisions with `accept`/`reject`, and write out `data_to_send()`.
 
 from __future__ import annotations
 
+from ._compile import compiled
 from ._state import State
 from .config import AuthMode, CrlfMode, SmtpConfig, TlsMode
 from .connection import AuthInfo, SmtpConnection
@@ -70,5 +71,6 @@ __all__ = [
     "TlsMode",
     "TlsUpgrade",
     "UnknownCommand",
+    "compiled",
 ]
 __version__ = "0.1.0"

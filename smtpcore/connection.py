@@ -14,6 +14,7 @@ from typing import Any
 
 from . import replies as R
 from ._buffer import ReceiveBuffer
+from ._compile import mypyc_attr
 from ._content import DataReader, HeaderTracker
 from ._state import IN_TRANSACTION, State
 from ._transaction import parse_mail, parse_rcpt
@@ -75,6 +76,7 @@ class AuthInfo:
     authentication_id: str
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class SmtpConnection:
     """One SMTP/LMTP server session as a pure state machine.
 

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any
+from typing import Any, ClassVar
 
 from smtpcore import (
     NEED_DATA,
@@ -38,6 +38,7 @@ from smtpcore import (
     TlsUpgrade,
     UnknownCommand,
 )
+from smtpcore._compile import mypyc_attr
 
 from .errors import SmtpError
 from .handler import Handler, Message, Session, per_recipient
@@ -105,6 +106,7 @@ def live_hooks(handler: Handler) -> frozenset[str]:
     return live
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class SessionDriver:
     """One client session: the core, the handler and the session context together.
 
@@ -129,7 +131,7 @@ class SessionDriver:
         "output",
     )
 
-    connection_class: type[SmtpConnection] = SmtpConnection
+    connection_class: ClassVar[type[SmtpConnection]] = SmtpConnection
     """The core's class (a subclass may report what the core does)."""
 
     def __init__(

@@ -400,7 +400,10 @@ class Server:
     @property
     def addresses(self) -> list[tuple[str, int]]:
         """(host, port) of every listening socket, ports resolved when 0 was asked."""
-        return [s.getsockname()[:2] for server in self._servers for s in server.sockets]
+        # Read untyped: uvloop's servers hold their sockets in a list, not the tuple typeshed
+        # names (the compiled build checks such declared types).
+        servers: list[Any] = self._servers
+        return [s.getsockname()[:2] for server in servers for s in server.sockets]
 
     async def start(self) -> None:
         """Bind every listener and start serving."""
