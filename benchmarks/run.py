@@ -21,8 +21,8 @@ server with aiosmtpd measured by the same generator in the same run, so the tabl
 meaningful on a machine that is slower or busier than the one that set the targets.
 
 The "compiled" servers are the same transports run from a copy of the tree built with
-``SMTPCORE_COMPILE=1`` (the core and the asyncio transport compiled with mypyc, see setup.py and
-`benchmarks.compiled`); the build takes about half a minute at the start of the run.
+``SMTPCORE_COMPILE=1`` (the core, the session driver and the asyncio transport compiled with
+mypyc, see setup.py and `benchmarks.compiled`); the build takes about half a minute at the start.
 
 Beside them run the bare-bones servers of `benchmarks.bare` (canned replies, no SMTP logic)
 on asyncio, uvloop, trio and threads: how far each event loop lets any server go on this
@@ -829,8 +829,8 @@ LEGEND = [
     "bare *: canned replies and no SMTP logic (benchmarks/bare.py): what the event loop alone"
     " allows on this machine, not an SMTP server. In the targets table a ceiling marked *"
     " came from a bare server that used under 70% of a core: the generator set that pace.",
-    "compiled: the same transport with the core and the asyncio transport compiled by mypyc"
-    " (SMTPCORE_COMPILE=1, setup.py); the other rows run the Python sources.",
+    "compiled: the same transport with the core, the session driver and the asyncio transport"
+    " compiled by mypyc (SMTPCORE_COMPILE=1, setup.py); the other rows run the Python sources.",
     "vs aio: our rate / aiosmtpd's with the same generator; aio/ours: aiosmtpd's CPU per"
     " message / ours (both > 1 when we are better).",
     "! = some messages failed in that run; ~ = stopped by the time cap (rate still valid).",
