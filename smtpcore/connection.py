@@ -76,7 +76,7 @@ class AuthInfo:
     authentication_id: str
 
 
-@mypyc_attr(allow_interpreted_subclasses=True)
+@mypyc_attr(allow_interpreted_subclasses=True)  # programs may subclass it, compiled or not
 class SmtpConnection:
     """One SMTP/LMTP server session as a pure state machine.
 

@@ -106,7 +106,7 @@ def live_hooks(handler: Handler) -> frozenset[str]:
     return live
 
 
-@mypyc_attr(allow_interpreted_subclasses=True)
+@mypyc_attr(allow_interpreted_subclasses=True)  # ObservedDriver, in Python, extends it
 class SessionDriver:
     """One client session: the core, the handler and the session context together.
 
@@ -132,7 +132,8 @@ class SessionDriver:
     )
 
     connection_class: ClassVar[type[SmtpConnection]] = SmtpConnection
-    """The core's class (a subclass may report what the core does)."""
+    """The core's class (a subclass may report what the core does). A ClassVar, so that the
+    compiled build too reads the subclass's value."""
 
     def __init__(
         self,
