@@ -138,7 +138,10 @@ class SmtpConnection:
         tls_active: bool = False,
         auto_accept: Iterable[type[Event]] = (),
     ) -> None:
-        self._auto = auto = frozenset(auto_accept)
+        # A frozenset is kept as given: transports pass one shared set, and a copy per
+        # connection would cost memory (the compiled build does not skip such a copy).
+        auto = auto_accept if isinstance(auto_accept, frozenset) else frozenset(auto_accept)
+        self._auto = auto
         if not auto <= AUTO_ACCEPTABLE:
             names = ", ".join(
                 sorted(getattr(k, "__name__", repr(k)) for k in auto - AUTO_ACCEPTABLE)
