@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from smtpcore import RcptTo, SmtpConfig, TlsMode
+from tests.sockets import read_reply
 from transports import threads
 from transports.controller import ServerThread
 from transports.errors import Smtp550Error
@@ -60,17 +61,6 @@ def serving(handler: Handler | None = None, **kwargs: Any) -> Iterator[ServerThr
 
 def client(server: ServerThread) -> smtplib.SMTP:
     return smtplib.SMTP(*server.address, local_hostname="client.test", timeout=TIMEOUT)
-
-
-def read_reply(sock: socket.socket) -> bytes:
-    """Bytes up to the end of one (possibly multi-line) reply."""
-    data = b""
-    while not data.endswith(b"\r\n") or data.split(b"\r\n")[-2][3:4] == b"-":
-        chunk = sock.recv(4096)
-        if not chunk:
-            break
-        data += chunk
-    return data
 
 
 def test_delivers_message_with_envelope_and_content() -> None:

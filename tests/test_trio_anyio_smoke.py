@@ -20,6 +20,7 @@ import anyio
 import pytest
 
 from smtpcore import RcptTo, SmtpConfig, TlsMode
+from tests.sockets import read_reply
 from transports.controller import ServerThread
 from transports.errors import Smtp550Error
 from transports.handler import Handler, Session
@@ -72,17 +73,6 @@ def connect(server: ServerThread) -> smtplib.SMTP:
 
 def raw(server: ServerThread) -> socket.socket:
     return socket.create_connection(server.address, timeout=TIMEOUT)
-
-
-def read_reply(sock: socket.socket) -> bytes:
-    """Read one whole (possibly multiline) reply."""
-    data = b""
-    while not data.endswith(b"\r\n") or data.split(b"\r\n")[-2][3:4] == b"-":
-        chunk = sock.recv(4096)
-        if not chunk:
-            break
-        data += chunk
-    return data
 
 
 @pytest.fixture(params=TRANSPORTS)

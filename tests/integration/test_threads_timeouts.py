@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from smtpcore import SmtpConfig, TlsMode
+from tests.sockets import read_reply
 from transports import threads
 from transports.controller import ServerThread
 from transports.handler import Handler, Session
@@ -60,31 +61,20 @@ def serving(handler: Handler, **kwargs: Any) -> Iterator[ServerThread]:
         server.stop(grace=1.0, timeout=STOP_TIMEOUT)
 
 
-def reply(sock: socket.socket) -> bytes:
-    """One (possibly multi-line) reply, or what came before the end of the stream."""
-    data = b""
-    while not data.endswith(b"\r\n") or data.split(b"\r\n")[-2][3:4] == b"-":
-        chunk = sock.recv(4096)
-        if not chunk:
-            break
-        data += chunk
-    return data
-
-
 def connect(server: ServerThread, tls: bool) -> socket.socket:
     """A client past EHLO, and past STARTTLS and a second EHLO when ``tls``."""
     sock = socket.create_connection(server.address, timeout=TIMEOUT)
-    assert reply(sock).startswith(b"220 ")
+    assert read_reply(sock).startswith(b"220 ")
     sock.sendall(b"EHLO client.test\r\n")
-    assert reply(sock).startswith(b"250")
+    assert read_reply(sock).startswith(b"250")
     if not tls:
         return sock
     sock.sendall(b"STARTTLS\r\n")
-    assert reply(sock).startswith(b"220 ")
+    assert read_reply(sock).startswith(b"220 ")
     context = ssl._create_unverified_context()
     sock = context.wrap_socket(sock, server_hostname="mx.test")
     sock.sendall(b"EHLO client.test\r\n")
-    assert reply(sock).startswith(b"250")
+    assert read_reply(sock).startswith(b"250")
     return sock
 
 
@@ -92,7 +82,7 @@ def connect(server: ServerThread, tls: bool) -> socket.socket:
 def test_idle_session_gets_421_4_4_2(slices: str, tls: bool) -> None:
     handler = Disconnects()
     with serving(handler, idle_timeout=0.5) as server, connect(server, tls) as sock:
-        assert reply(sock).startswith(b"421 4.4.2 ")
+        assert read_reply(sock).startswith(b"421 4.4.2 ")
         with suppress(ConnectionResetError):
             assert sock.recv(4096) == b""
         assert handler.ended.wait(BOUND)
@@ -105,7 +95,7 @@ def test_stop_closes_idle_session_with_421_4_3_2(slices: str, tls: bool) -> None
         stopper = threading.Thread(target=server.stop, kwargs={"grace": 5.0})
         started = time.monotonic()
         stopper.start()
-        assert reply(sock).startswith(b"421 4.3.2 ")
+        assert read_reply(sock).startswith(b"421 4.3.2 ")
         stopper.join(STOP_TIMEOUT)
         assert not stopper.is_alive()
         assert time.monotonic() - started < BOUND
