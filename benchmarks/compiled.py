@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["ROOT", "build_compiled_tree", "is_compiled"]
+__all__ = ["ROOT", "build_compiled_tree", "is_compiled", "tree_env"]
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = ("smtpcore", "transports", "setup.py", "pyproject.toml", "README.md")
@@ -46,10 +46,20 @@ def build_compiled_tree(dest: Path, extra: Sequence[str] = (), timeout: float = 
     return dest
 
 
+def tree_env() -> dict[str, str]:
+    """Our environment minus PYTHONPATH: a process started in the tree imports from it."""
+    return {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+
+
 def is_compiled(tree: Path) -> bool:
     """Whether a Python started in ``tree`` imports the compiled core."""
     probe = "import smtpcore; print(smtpcore.compiled())"
     result = subprocess.run(
-        [sys.executable, "-c", probe], cwd=tree, capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", probe],
+        cwd=tree,
+        env=tree_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     return result.stdout.strip() == "True"

@@ -9,7 +9,6 @@ a value of another type than its annotation says (uvloop's list of sockets, say)
 from __future__ import annotations
 
 import ast
-import os
 import re
 import subprocess
 import sys
@@ -18,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import smtpcore
-from benchmarks.compiled import ROOT, build_compiled_tree
+from benchmarks.compiled import ROOT, build_compiled_tree, tree_env
 
 SUITE = ["tests/core", "tests/property", "tests/integration", "tests/scaleout/test_ops.py"]
 
@@ -36,11 +35,6 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_compiled_tree(tmp_path_factory.mktemp("compiled"), extra=["tests"])
 
 
-def child_env() -> dict[str, str]:
-    """Our environment minus PYTHONPATH: the child imports from its own directory."""
-    return {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-
-
 def test_the_sources_run_uncompiled() -> None:
     assert smtpcore.compiled() is False
 
@@ -52,7 +46,7 @@ def test_every_listed_module_is_compiled(tree: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-c", probe],
         cwd=tree,
-        env=child_env(),
+        env=tree_env(),
         capture_output=True,
         text=True,
         timeout=60,
@@ -65,7 +59,7 @@ def test_the_compiled_tree_passes_the_suite(tree: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *SUITE],
         cwd=tree,
-        env=child_env(),
+        env=tree_env(),
         capture_output=True,
         text=True,
         timeout=900,
