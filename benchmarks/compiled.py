@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["ROOT", "build_compiled_tree", "is_compiled", "tree_env"]
+__all__ = ["ROOT", "build_compiled_tree", "is_compiled", "run_in_tree"]
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = ("smtpcore", "transports", "setup.py", "pyproject.toml", "README.md")
@@ -46,20 +46,15 @@ def build_compiled_tree(dest: Path, extra: Sequence[str] = (), timeout: float = 
     return dest
 
 
-def tree_env() -> dict[str, str]:
-    """Our environment minus PYTHONPATH: a process started in the tree imports from it."""
-    return {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+def run_in_tree(tree: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """``python *args`` started in ``tree`` (without our PYTHONPATH, so it imports from there)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    return subprocess.run(
+        [sys.executable, *args], cwd=tree, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def is_compiled(tree: Path) -> bool:
     """Whether a Python started in ``tree`` imports the compiled core."""
-    probe = "import smtpcore; print(smtpcore.compiled())"
-    result = subprocess.run(
-        [sys.executable, "-c", probe],
-        cwd=tree,
-        env=tree_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_in_tree(tree, "-c", "import smtpcore; print(smtpcore.compiled())")
     return result.stdout.strip() == "True"

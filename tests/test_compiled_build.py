@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import ast
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 import smtpcore
-from benchmarks.compiled import ROOT, build_compiled_tree, tree_env
+from benchmarks.compiled import ROOT, build_compiled_tree, run_in_tree
 
 SUITE = ["tests/core", "tests/property", "tests/integration", "tests/scaleout/test_ops.py"]
 
@@ -43,27 +41,13 @@ def test_every_listed_module_is_compiled(tree: Path) -> None:
     modules = [source.removesuffix(".py").replace("/", ".") for source in compiled_sources()]
     assert "smtpcore.connection" in modules and "transports.asyncio" in modules
     probe = f"import importlib; print([importlib.import_module(m).__file__ for m in {modules!r}])"
-    result = subprocess.run(
-        [sys.executable, "-c", probe],
-        cwd=tree,
-        env=tree_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_in_tree(tree, "-c", probe)
     files = ast.literal_eval(result.stdout)
     assert all(Path(f).parent.parent == tree and f.endswith(".so") for f in files), files
 
 
 def test_the_compiled_tree_passes_the_suite(tree: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *SUITE],
-        cwd=tree,
-        env=tree_env(),
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    result = run_in_tree(tree, "-m", "pytest", "-q", "-p", "no:cacheprovider", *SUITE, timeout=900)
     tail = result.stdout[-3000:] + result.stderr[-2000:]
     assert result.returncode == 0, tail
     summary = result.stdout.strip().splitlines()[-1]
