@@ -153,12 +153,12 @@ class Backend(ABC, Generic[StreamT, ListenerT]):
 
     @abstractmethod
     def receiver(self, stream: StreamT) -> Callable[[int], Awaitable[bytes]]:
-        """Read up to so many bytes; ``b""`` (or one of `gone`) at EOF. The stream's own bound
-        method where it returns `bytes`: a wrapper would cost a call per read."""
+        """Read up to so many bytes; ``b""`` (or one of `gone`) at EOF. Each read must be a
+        checkpoint: a session that is never kept waiting yields nowhere else."""
 
     @abstractmethod
     def sender(self, stream: StreamT) -> Callable[[bytes], Awaitable[None]]:
-        """Send all of it (the stream's own bound method)."""
+        """Send all of it."""
 
     @abstractmethod
     async def aclose_forcefully(self, stream: StreamT) -> None: ...
@@ -295,13 +295,7 @@ class _Session(Generic[StreamT]):
         return True
 
     async def _serve(self) -> None:
-        """Pump the driver, write its replies and read when it asks, until it closes.
-
-        With other sessions about, a reply waits for one checkpoint before it is sent: the
-        sessions the loop woke together then all make their replies first and send them back
-        to back, so a local client is still busy with the first ones as the next arrive rather
-        than woken again for each (which costs the server's CPU, in the kernel, more than
-        making the reply). A lone session sends at once."""
+        """Pump the driver, write its replies and read when it asks, until it closes."""
         tracked, registry, backend = self.tracked, self.server.registry, self.server.backend
         driver, options, gone = tracked.driver, self.server.options, backend.gone
         while True:
@@ -311,8 +305,6 @@ class _Session(Generic[StreamT]):
             if data:
                 self.waiting = _SEND  # its deadline comes from `TaskServer._sweep`
                 try:
-                    if len(registry.sessions) > 1:
-                        await backend.sleep(0)  # see above
                     await self.send(data)
                 except gone:
                     self.end = CloseReason.PEER_CLOSED
