@@ -328,8 +328,11 @@ class Runner:
         servers: Sequence[ServerSpec],
         generators: Sequence[str],
         compiled_tree: Path | None = None,
+        server_cpus: set[int] | None = None,
     ):
         self.plan = plan
+        self.server_cpus = server_cpus
+        """The CPUs every server runs on (None: any), apart from the load generators'."""
         self.compiled_tree = compiled_tree
         """Where the compiled servers run from (None: no compiled server in this run)."""
         self.servers = list(servers)
@@ -368,7 +371,8 @@ class Runner:
         port = free_port(HOST)
         try:
             cwd = self.compiled_tree if spec.compiled else ROOT
-            server = ServerProcess(spec.argv(port), port, HOST, cwd=cwd).start()
+            server = ServerProcess(spec.argv(port), port, HOST, cwd=cwd, cpus=self.server_cpus)
+            server.start()
         except (OSError, RuntimeError, TimeoutError) as exc:
             self.results.fail(spec.name, f"did not start: {first_line(exc)}", fatal=True)
             print(f"   FAILED to start: {exc}", file=sys.stderr, flush=True)
@@ -781,6 +785,7 @@ class Environment:
     versions: str
     generators: list[str]
     command: str
+    placement: str = "any CPU for servers and load generators alike"
     load_end: str = ""
     machine_idle: float | None = None
     """Share of all CPUs idle during the measured runs."""
@@ -807,7 +812,7 @@ def header_lines(env: Environment, plan: Plan) -> list[str]:
         f"command: {env.command}",
         f"source: {env.revision}",
         f"Python: {env.python}; {env.versions}",
-        f"CPU: {env.cpu}",
+        f"CPU: {env.cpu}; {env.placement}",
         f"load average at start: {env.load_start}"
         + (f"; at end: {env.load_end}" if env.load_end else "")
         + (
@@ -984,7 +989,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="profile one server instead",
     )
     parser.add_argument("--profile-seconds", type=float, default=5.0, metavar="S")
+    parser.add_argument(
+        "--no-pin",
+        dest="pin",
+        action="store_false",
+        help="let servers and load generators share every CPU (default: see split_cpus)",
+    )
     return parser
+
+
+def split_cpus() -> tuple[set[int], set[int]] | None:
+    """The servers' CPU and the load generators' (the rest); None on a single CPU.
+
+    Apart, a server never waits for a load generator to leave its core, nor the other way
+    round, and every server gets the same one core. Together, the scheduler moves the threads
+    of a threaded server across both cores, and each hand-over of the GIL to a thread on the
+    other core costs a cross-CPU wake-up: on this 2-core VM that more than halved the rate of
+    the threads transport, varying from run to run, while single-threaded servers (aiosmtpd,
+    asyncio, trio) measured the same either way."""
+    allowed = sorted(os.sched_getaffinity(0))
+    if len(allowed) < 2:
+        return None
+    return {allowed[0]}, set(allowed[1:])
 
 
 def _own_children() -> list[int]:
@@ -1045,6 +1071,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 servers.append(spec)
     plan = make_plan(args.quick)
     env = environment(gens, binary, args_list)
+    split = split_cpus() if args.pin else None
+    if split is not None:
+        env.placement = (
+            f"servers on CPU {','.join(map(str, sorted(split[0])))}, load generators on CPU"
+            f" {','.join(map(str, sorted(split[1])))}"
+        )
     for line in header_lines(env, plan):
         print(line)
     print(f"servers: {', '.join(s.name for s in servers)}", flush=True)
@@ -1055,7 +1087,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if any(s.compiled for s in servers):
             print("building the compiled tree (setup.py, SMTPCORE_COMPILE=1)...", flush=True)
             compiled_tree = build_compiled_tree(Path(tmp))
-        runner = Runner(plan, servers, gens, compiled_tree)
+        server_cpus = None
+        if split is not None:
+            server_cpus, load_cpus = split
+            os.sched_setaffinity(0, load_cpus)  # smtp-source inherits it; servers get their own
+        runner = Runner(plan, servers, gens, compiled_tree, server_cpus)
         res = runner.run()
     res.skipped += [f"{a}: not installed" for a in absent]
     env.load_end = load_average()

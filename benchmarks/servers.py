@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from types import TracebackType
 from typing import IO, Self
 
@@ -157,6 +157,7 @@ class ServerProcess:
         env: Mapping[str, str] | None = None,
         cwd: str | os.PathLike[str] | None = None,
         nofile: int = 4096,
+        cpus: Collection[int] | None = None,
     ) -> None:
         self.argv = list(argv)
         self.host = require_loopback(host)
@@ -166,6 +167,8 @@ class ServerProcess:
         self.env = dict(env) if env is not None else None
         self.cwd = cwd
         self.nofile = nofile
+        self.cpus = set(cpus) if cpus else None
+        """The CPUs the server may run on (None: any); its threads inherit them."""
         self.greeting = b""
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
@@ -208,6 +211,8 @@ class ServerProcess:
             cwd=self.cwd,
             start_new_session=True,  # a Ctrl-C in the terminal goes to us, not the server
         )
+        if self.cpus:  # before the interpreter is up, so before it starts any thread
+            os.sched_setaffinity(self._proc.pid, self.cpus)
         deadline = time.monotonic() + self.startup_timeout
         try:
             while True:
