@@ -1,6 +1,6 @@
-"""Replies made in one turn of the event loop go out together (asyncio: at the end of the turn,
-the first at once; trio: after one checkpoint). Many clients whose commands land in the same
-turn must each get exactly their own replies, in order, also when a session closes right after.
+"""Many clients whose commands land in the same turn of the event loop must each get exactly
+their own replies, in order, also when a session closes right after: asyncio holds the replies
+of one turn until its end (the first goes out at once), trio writes each as it is made.
 
 The clients run on the server's own loop, so each round of their writes is read by the server
 in one turn; every wait is bounded.
