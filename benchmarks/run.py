@@ -1,6 +1,6 @@
 """Benchmark every smtpcore transport against aiosmtpd, one server after the other, in one run.
 
-    python -m benchmarks.run [--quick] [--only NAMES] [--generators NAMES]
+    python -m benchmarks.run [--quick] [--only NAMES] [--generators NAMES] [--no-pin]
     python -m benchmarks.run --profile NAME [--profile-seconds S]
 
 Each server runs as a subprocess on 127.0.0.1 with a sink handler (aiosmtpd 1.4.6 with
@@ -28,10 +28,10 @@ Beside them run the bare-bones servers of `benchmarks.bare` (canned replies, no 
 on asyncio, uvloop, trio and threads: how far each event loop lets any server go on this
 machine. The targets table prints each transport's ratio next to its loop's ceiling.
 
-A full run makes three rounds over all servers (each server started afresh per round) and
-keeps each figure's best: highest rate, lowest CPU per message, lowest memory (on a small
-virtual machine one run can be twice as slow as the next, depending on whether server and
-generator share a core or wake each other across cores). Errors,
+Every server runs on one CPU and the load generators on the others (`split_cpus`; ``--no-pin``
+lets them share every CPU). A full run makes three rounds over all servers (each server started
+afresh per round) and keeps each figure's best: highest rate, lowest CPU per message, lowest
+memory (on a small virtual machine one round can be much slower than the next). Errors,
 time caps and an unsaturated server (one that used well under a core: the generator or the
 round trips, not the server, set the pace) are noted below the table. The full run takes
 about 8-12 minutes (hard budget 15), ``--quick`` (one round, fewer messages) about 3
