@@ -1004,9 +1004,9 @@ def split_cpus() -> tuple[set[int], set[int]] | None:
     Apart, a server never waits for a load generator to leave its core, nor the other way
     round, and every server gets the same one core. Together, the scheduler moves the threads
     of a threaded server across both cores, and each hand-over of the GIL to a thread on the
-    other core costs a cross-CPU wake-up: on this 2-core VM that more than halved the rate of
-    the threads transport, varying from run to run, while single-threaded servers (aiosmtpd,
-    asyncio, trio) measured the same either way."""
+    other core costs a cross-CPU wake-up: on a 2-core VM that cost the threads transport a third
+    to two thirds of its rate, varying from run to run, while single-threaded servers
+    (aiosmtpd, asyncio, trio) measured about the same either way."""
     allowed = sorted(os.sched_getaffinity(0))
     if len(allowed) < 2:
         return None
