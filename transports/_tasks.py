@@ -498,6 +498,7 @@ class TaskServer(Generic[StreamT, ListenerT]):
         ``max_connections``, else run a session; the socket is closed however this ends
         (cancellation included)."""
         backend, options, observer = self.backend, self.options, self.options.observer
+        session: _Session[StreamT] | None = None
         try:
             try:
                 sockname, peername = backend.addresses(stream)
@@ -549,7 +550,8 @@ class TaskServer(Generic[StreamT, ListenerT]):
             self.registry.sessions.add(session)
             await session.run()
         finally:
-            await backend.aclose_forcefully(stream)
+            if session is None:  # else `_Session._finish` has closed it (and any TLS on it)
+                await backend.aclose_forcefully(stream)
 
     async def _proxy_header(self, stream: StreamT, peername: Any) -> tuple[ProxyInfo, bytes] | None:
         """The PROXY header and the bytes after it; None (logged) if the peer may not send
