@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import smtplib
+import threading
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -86,3 +87,30 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def send_all(client: Client, count: int, outcome: Outcome, expect: int | None = None) -> None:
+    """Send ``count`` tagged messages over ``client``, recording each answer (which must be
+    ``expect``, if given)."""
+    for _ in range(count):
+        tag = new_tag()
+        code = client.send(tag)
+        if expect is not None:
+            assert code == expect, f"{tag}: {code}"
+        outcome.record(tag, code)
+
+
+def send_concurrently(address: tuple[str, int], sessions: int, each: int) -> list[Outcome]:
+    """``sessions`` clients at once, each sending ``each`` tagged messages; their outcomes."""
+    outcomes = [Outcome() for _ in range(sessions)]
+
+    def session(outcome: Outcome) -> None:
+        with Client(address) as client:
+            send_all(client, each, outcome)
+
+    threads = [threading.Thread(target=session, args=(o,)) for o in outcomes]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    return outcomes

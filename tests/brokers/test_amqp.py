@@ -7,7 +7,6 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import suppress
@@ -20,7 +19,18 @@ import pytest
 
 from transports.handlers.amqp import AmqpHandler
 
-from ._support import ALL_TRANSPORTS, HELO, TRANSPORTS, Client, Outcome, message, new_tag, tag_of
+from ._support import (
+    ALL_TRANSPORTS,
+    HELO,
+    TRANSPORTS,
+    Client,
+    Outcome,
+    message,
+    new_tag,
+    send_all,
+    send_concurrently,
+    tag_of,
+)
 from .conftest import Serve, TcpProxy, closed_port
 
 
@@ -69,15 +79,6 @@ def queue_name(amqp_url: str) -> Iterator[str]:
         connection.close()
 
 
-def send_all(client: Client, count: int, outcome: Outcome, expect: int | None = None) -> None:
-    for _ in range(count):
-        tag = new_tag()
-        code = client.send(tag)
-        if expect is not None:
-            assert code == expect, f"{tag}: {code}"
-        outcome.record(tag, code)
-
-
 # ------------------------------------------------------------------ delivery
 
 
@@ -121,18 +122,8 @@ def test_concurrent_sessions_are_all_confirmed(
     transport: str, serve: Serve, amqp_url: str, queue_name: str
 ) -> None:
     handler = AmqpHandler(amqp_url, routing_key=queue_name)
-    outcomes = [Outcome() for _ in range(4)]
     with serve(transport, handler) as server:
-
-        def session(outcome: Outcome) -> None:
-            with Client(server.address) as client:
-                send_all(client, 10, outcome)
-
-        threads = [threading.Thread(target=session, args=(o,)) for o in outcomes]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(60)
+        outcomes = send_concurrently(server.address, sessions=4, each=10)
     accepted = [tag for outcome in outcomes for tag in outcome.accepted]
     assert len(accepted) == 40 and not any(outcome.refused for outcome in outcomes)
     assert sorted(tag_of(body) for _, body in drain(amqp_url, queue_name)) == sorted(accepted)

@@ -9,7 +9,6 @@ import json
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -22,7 +21,18 @@ import redis
 
 from transports.handlers.redis_stream import RedisStreamHandler
 
-from ._support import ALL_TRANSPORTS, HELO, TRANSPORTS, Client, Outcome, message, new_tag, tag_of
+from ._support import (
+    ALL_TRANSPORTS,
+    HELO,
+    TRANSPORTS,
+    Client,
+    Outcome,
+    message,
+    new_tag,
+    send_all,
+    send_concurrently,
+    tag_of,
+)
 from .conftest import Serve, TcpProxy, closed_port
 
 
@@ -32,15 +42,6 @@ def entries(client: Any, stream: str) -> list[dict[bytes, bytes]]:
 
 def tags_in(client: Any, stream: str) -> list[str]:
     return [tag_of(fields[b"message"]) for fields in entries(client, stream)]
-
-
-def send_all(client: Client, count: int, outcome: Outcome, expect: int | None = None) -> None:
-    for _ in range(count):
-        tag = new_tag()
-        code = client.send(tag)
-        if expect is not None:
-            assert code == expect, f"{tag}: {code}"
-        outcome.record(tag, code)
 
 
 def target_of(url: str) -> tuple[str, int]:
@@ -163,18 +164,8 @@ def test_concurrent_sessions_are_all_added(
     transport: str, serve: Serve, redis_url: str, redis_client: Any, stream_name: str
 ) -> None:
     handler = RedisStreamHandler(redis_url, stream=stream_name)
-    outcomes = [Outcome() for _ in range(4)]
     with serve(transport, handler) as server:
-
-        def session(outcome: Outcome) -> None:
-            with Client(server.address) as client:
-                send_all(client, 10, outcome)
-
-        threads = [threading.Thread(target=session, args=(o,)) for o in outcomes]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(60)
+        outcomes = send_concurrently(server.address, sessions=4, each=10)
     accepted = [tag for outcome in outcomes for tag in outcome.accepted]
     assert len(accepted) == 40 and not any(outcome.refused for outcome in outcomes)
     assert sorted(tags_in(redis_client, stream_name)) == sorted(accepted)
