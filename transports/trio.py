@@ -22,6 +22,11 @@ T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
 
 
+_BY_DESCRIPTOR = os.name == "posix"
+"""Plain sockets are read and written through their descriptor (see `_socket_receiver`); on
+Windows a socket is no file descriptor, and `trio.SocketStream` does it."""
+
+
 def _descriptor(sock: trio.socket.SocketType) -> int:
     fd = sock.fileno()
     if fd < 0:  # closed: never touch a descriptor number that may have been reused
@@ -108,7 +113,7 @@ class _Trio(Backend[trio.abc.Stream, trio.SocketListener]):
         """A plain socket reads straight from its descriptor (see `_socket_receiver`); a
         `trio.SSLStream` may give a `bytearray`."""
         if isinstance(stream, trio.SocketStream):
-            return _socket_receiver(stream.socket)
+            return _socket_receiver(stream.socket) if _BY_DESCRIPTOR else stream.receive_some
 
         async def receive(max_bytes: int) -> bytes:
             data = await stream.receive_some(max_bytes)
@@ -117,7 +122,7 @@ class _Trio(Backend[trio.abc.Stream, trio.SocketListener]):
         return receive
 
     def sender(self, stream: trio.abc.Stream) -> Callable[[bytes], Awaitable[None]]:
-        if isinstance(stream, trio.SocketStream):
+        if isinstance(stream, trio.SocketStream) and _BY_DESCRIPTOR:
             return _socket_sender(stream.socket)
         return stream.send_all
 

@@ -1,6 +1,7 @@
-"""The trio transport's own reads and writes on a plain socket (`_Trio.receiver`/`sender`): they
-go straight to the descriptor, so what `trio.SocketStream` would say about a closed, reset or
-full socket they must say too. Over a connected pair of 127.0.0.1 sockets; every wait bounded.
+"""The trio transport's reads and writes on a plain socket (`_Trio.receiver`/`sender`): on POSIX
+they go straight to the descriptor, so what `trio.SocketStream` (which does them on Windows)
+says about a closed, reset or full socket they must say too; each test runs both ways. Over a
+connected pair of 127.0.0.1 sockets; every wait bounded.
 """
 
 from __future__ import annotations
@@ -12,9 +13,16 @@ from collections.abc import Awaitable, Callable
 import pytest
 import trio
 
+import transports.trio
 from transports.trio import Server
 
 pytestmark = pytest.mark.network
+
+
+@pytest.fixture(autouse=True, params=[True, False], ids=["descriptor", "socket-stream"])
+def by_descriptor(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(transports.trio, "_BY_DESCRIPTOR", request.param)
+
 
 LIMIT = 10.0
 BACKEND = Server.backend
