@@ -298,6 +298,7 @@ class _Session(Generic[StreamT]):
         """Pump the driver, write its replies and read when it asks, until it closes."""
         tracked, registry, backend = self.tracked, self.server.registry, self.server.backend
         driver, options, gone = tracked.driver, self.server.options, backend.gone
+        read, read_size, never = Action.READ, options.read_size, math.inf  # the loop's constants
         while True:
             step = driver.pump()
             action = step if isinstance(step, Action) else await self._busy(step)
@@ -309,29 +310,29 @@ class _Session(Generic[StreamT]):
                 except gone:
                     self.end = CloseReason.PEER_CLOSED
                     return
-                self.waiting, self.deadline = None, math.inf
+                self.waiting, self.deadline = None, never
                 if self.interrupted:  # the deadline passed as the last bytes went out
                     self.end = CloseReason.TIMEOUT
                     return
-            if action is Action.CLOSE:
-                return
-            if action is Action.START_TLS:
-                await self._busy(self._start_tls())
-            elif action is Action.FLUSH:
-                continue  # the replies are written: go on parsing what is buffered
+            if action is not read:
+                if action is Action.CLOSE:
+                    return
+                if action is Action.START_TLS:
+                    await self._busy(self._start_tls())
+                # else FLUSH: the replies are written, go on parsing what is buffered
             elif self.closing or (registry.stopping and not driver.conn.in_transaction):
                 driver.shutdown()
             else:  # the idle timeout from now, capped by what is left of the DATA timeout
                 self.waiting = _READ
                 self.deadline = tracked.read_deadline(backend.current_time(), options)
                 try:
-                    data = await self.receive(options.read_size)
+                    data = await self.receive(read_size)
                 except gone:
                     data = b""
-                self.waiting, self.deadline = None, math.inf
+                self.waiting, self.deadline = None, never
                 driver.feed(data)
                 if self.interrupted:  # as the read returned: leave the cancelled scope now,
-                    await backend.sleep(math.inf)  # not at a hook's first checkpoint
+                    await backend.sleep(never)  # not at a hook's first checkpoint
 
     async def _busy(self, step: Awaitable[T]) -> T:
         """Await a hook (or lookup, or handshake): a graceful stop must not close us meanwhile."""

@@ -54,19 +54,27 @@ def _socket_receiver(sock: trio.socket.SocketType) -> Callable[[int], Awaitable[
     return receive
 
 
+def _write(sock: trio.socket.SocketType, data: bytes | memoryview) -> int:
+    """Octets written now: 0 while the socket's send buffer is full."""
+    try:
+        return os.write(_descriptor(sock), data)
+    except BlockingIOError:
+        return 0
+    except OSError as exc:
+        raise trio.BrokenResourceError(f"write failed: {exc}") from exc
+
+
 def _socket_sender(sock: trio.socket.SocketType) -> Callable[[bytes], Awaitable[None]]:
     """Writes at once; waits (a checkpoint) only while the socket's send buffer is full. The
     session's next read is its scheduling point (see `_socket_receiver`)."""
 
     async def send(data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            try:
-                view = view[os.write(_descriptor(sock), view) :]
-            except BlockingIOError:
+        sent = _write(sock, data)
+        if sent < len(data):  # a reply mostly goes out whole: no memoryview for it
+            view = memoryview(data)[sent:]
+            while view:
                 await trio.lowlevel.wait_writable(sock)
-            except OSError as exc:
-                raise trio.BrokenResourceError(f"write failed: {exc}") from exc
+                view = view[_write(sock, view) :]
 
     return send
 
